@@ -1,0 +1,113 @@
+"""Batched response generation with HF transformers (the CPU-friendly backend).
+
+Prompts are sorted by length and left-padded, so a batch wastes little compute on padding; the
+random state is seeded per call, so the same call gives the same texts however a run was split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .conversation import Message, format_conversation
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Generation settings (reference: temperature 0.7, top_p 0.9, 512 new tokens)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    n_tokens: int
+    finished: bool  # ended with an end-of-turn token rather than the token limit
+
+
+@torch.no_grad()
+def generate_batch(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    conversations: Sequence[list[Message]],
+    settings: SamplingSettings = SamplingSettings(),
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[Generated]:
+    """Generate one assistant reply for each conversation (which must end with a user turn)."""
+    prompts = [format_conversation(tokenizer, conv, add_generation_prompt=True) for conv in conversations]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: list[Generated | None] = [None] * len(prompts)
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    device = next(model.parameters()).device
+    torch.manual_seed(settings.seed)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+        width = max(len(encoded[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if settings.greedy
+            else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
+        )
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_ids,
+            **sampling,
+        )
+        for row, i in enumerate(batch):
+            new = out[row, width:].tolist()
+            end = next((k for k, t in enumerate(new) if t in eos_ids), None)
+            tokens = new if end is None else new[:end]
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            results[i] = Generated(text=text.strip(), n_tokens=len(tokens), finished=end is not None)
+    return [r for r in results if r is not None]
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    cfg = getattr(model, "generation_config", None)
+    eos = getattr(cfg, "eos_token_id", None)
+    for value in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]:
+        if value is not None and value not in ids:
+            ids.append(int(value))
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    if end_of_turn is not None and end_of_turn not in ids:
+        ids.append(end_of_turn)
+    return ids
+
+
+def generate_response(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    conversation: list[Message],
+    max_new_tokens: int = 512,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    do_sample: bool = True,
+    seed: int = 0,
+) -> str:
+    """One reply for one conversation (reference API)."""
+    settings = SamplingSettings(temperature if do_sample else 0.0, top_p, max_new_tokens, seed)
+    return generate_batch(model, tokenizer, [conversation], settings, batch_size=1)[0].text

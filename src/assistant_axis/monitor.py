@@ -1,0 +1,293 @@
+"""Watch a conversation move along the Assistant Axis: per-turn projections and their trajectory.
+
+The projection of assistant turn *k* is the mean, over the tokens of that reply's content, of the
+block output at a layer, projected on the unit axis - computed on the conversation *up to and
+including* turn *k*, i.e. on what the model had seen when it wrote the reply. Because the model is
+causal, every turn whose prefix is a token prefix of a longer one is measured in that longer
+forward pass, so a conversation that fits the context costs one pass.
+
+A conversation longer than ``max_tokens`` is windowed per turn: the system prompt plus as many
+whole most-recent turns (starting at a user message) as fit, ending with the turn being measured.
+Rows say which turns were windowed and where their window started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .axis import load_axis, unit
+from .conversation import EncodedConversation, Message, encode_conversation
+from .layers import check_layer_indices, get_layers
+from .pipeline.layout import layer_column
+from .storage import atomic_path
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS = ["turn", "message_index", "n_tokens", "context_tokens", "window_start", "windowed", "projection"]
+
+
+class ContextTooShortError(ValueError):
+    """A single turn does not fit the token budget even with no earlier turns."""
+
+
+@dataclass
+class TurnPlan:
+    """How one assistant turn is measured: the token ids of its (possibly windowed) context and its span."""
+
+    turn: int  # 1-based assistant turn number
+    message_index: int  # index of the assistant message in the original message list
+    window_start: int  # first non-system message kept (0 or the system prompt's successor when unwindowed)
+    windowed: bool
+    ids: list[int]
+    span: tuple[int, int] | None  # None: empty reply content
+
+
+@dataclass
+class _Pass:
+    ids: list[int]
+    plans: list[TurnPlan]
+
+
+def _context(messages: Sequence[Message], start: int, end: int) -> list[Message]:
+    """System prompt (if any) plus ``messages[start:end + 1]``."""
+    head = [messages[0]] if messages[0]["role"] == "system" and start > 0 else []
+    return head + list(messages[start : end + 1])
+
+
+def _last_span(enc: EncodedConversation) -> tuple[int, int] | None:
+    if enc.messages[-1]["role"] != "assistant":
+        raise ValueError("internal: a measured context must end with the assistant message")
+    return enc.spans[-1]
+
+
+def plan_turns(
+    tokenizer: Any, messages: Sequence[Message], max_tokens: int, turns: Sequence[int] | None = None
+) -> list[TurnPlan]:
+    """Decide the context of every requested assistant turn (1-based; all by default)."""
+    assistant_at = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    wanted = sorted(set(turns)) if turns is not None else list(range(1, len(assistant_at) + 1))
+    for t in wanted:
+        if not 1 <= t <= len(assistant_at):
+            raise ValueError(f"assistant turn {t} does not exist; the conversation has {len(assistant_at)}")
+    first = 1 if messages[0]["role"] == "system" else 0
+    plans: list[TurnPlan] = []
+    lo = first  # window starts never move backwards from one turn to the next
+    for t in wanted:
+        a = assistant_at[t - 1]
+        enc = encode_conversation(tokenizer, list(messages[: a + 1]))
+        if len(enc.input_ids) <= max_tokens:
+            plans.append(TurnPlan(t, a, first, False, enc.input_ids, _last_span(enc)))
+            continue
+        starts = [j for j in range(max(lo, first), a + 1) if messages[j]["role"] == "user" or j == first]
+        for j in starts:
+            enc = encode_conversation(tokenizer, _context(messages, j, a))
+            if len(enc.input_ids) <= max_tokens:
+                plans.append(TurnPlan(t, a, j, j > first, enc.input_ids, _last_span(enc)))
+                lo = j
+                break
+        else:
+            raise ContextTooShortError(
+                f"assistant turn {t} (message {a}) needs {len(enc.input_ids)} tokens with only its own exchange "
+                f"and the system prompt, more than the limit of {max_tokens}"
+            )
+    return plans
+
+
+def _group_passes(plans: Sequence[TurnPlan]) -> list[_Pass]:
+    """Merge consecutive plans whose contexts extend each other into one forward pass."""
+    passes: list[_Pass] = []
+    for plan in plans:
+        cur = passes[-1] if passes else None
+        if cur is not None and plan.ids[: len(cur.ids)] == cur.ids:
+            cur.ids = plan.ids
+            cur.plans.append(plan)
+        else:
+            passes.append(_Pass(list(plan.ids), [plan]))
+    return passes
+
+
+class _Stop(Exception):
+    """Raised by the deepest hook: the rest of the forward pass is not needed."""
+
+
+@torch.no_grad()
+def span_means(
+    model: torch.nn.Module,
+    ids: Sequence[int],
+    spans: Sequence[tuple[int, int] | None],
+    layers: Sequence[int],
+    layers_path: str | None = None,
+) -> torch.Tensor:
+    """Mean block output over each span of one sequence in one forward pass: ``(n_spans, n_layers, hidden)``.
+
+    Each hook reduces its layer to the span means at once, so memory never holds the full
+    ``layers x seq x hidden`` stack of a long conversation. Empty spans (``None``) give NaN rows.
+    """
+    blocks = get_layers(model, layers_path)
+    layer_list = check_layer_indices(list(layers), len(blocks))
+    device = next(model.parameters()).device
+    weights = torch.zeros((len(spans), len(ids)), dtype=torch.float32)
+    for row, span in enumerate(spans):
+        if span is not None:
+            weights[row, span[0] : span[1]] = 1.0 / (span[1] - span[0])
+    weights = weights.to(device)
+    hidden = model.config.get_text_config().hidden_size
+    out = torch.zeros((len(spans), len(layer_list), hidden))
+    deepest = max(layer_list)
+
+    def make_hook(layer: int):
+        def hook(_module, _inputs, output):
+            h = output[0] if isinstance(output, tuple) else output
+            means = (weights @ h[0].float()).cpu()
+            for slot, wanted in enumerate(layer_list):
+                if wanted == layer:
+                    out[:, slot] = means
+            if layer == deepest:
+                raise _Stop
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in sorted(set(layer_list))]
+    try:
+        model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    for row, span in enumerate(spans):
+        if span is None:
+            out[row] = float("nan")
+    return out
+
+
+def default_max_tokens(model: torch.nn.Module) -> int:
+    """The model's context length (``max_position_embeddings``), the default windowing budget."""
+    cfg = model.config.get_text_config()
+    value = getattr(cfg, "max_position_embeddings", None)
+    if not value:
+        raise ValueError(f"{type(model).__name__} does not state max_position_embeddings; pass max_tokens")
+    return int(value)
+
+
+def project_conversation(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    messages: Sequence[Message],
+    axis: torch.Tensor,
+    layer: int,
+    all_layers: bool = False,
+    max_tokens: int | None = None,
+    turns: Sequence[int] | None = None,
+    layers_path: str | None = None,
+) -> pd.DataFrame:
+    """One row per assistant turn: projection on the unit axis at ``layer`` (and every layer if asked).
+
+    Columns: ``turn`` (1-based), ``message_index``, ``n_tokens`` (reply tokens averaged),
+    ``context_tokens``, ``window_start`` (first non-system message of the context), ``windowed``,
+    ``projection``, and ``layer_000``... with ``all_layers``. Any steering installed on ``model``
+    (e.g. capping) is active during the measurement, so capped replies are measured as the capped
+    model computes them.
+    """
+    n_blocks = len(get_layers(model, layers_path))
+    hidden = model.config.get_text_config().hidden_size
+    if axis.ndim != 2 or tuple(axis.shape) != (n_blocks, hidden):
+        raise ValueError(f"the axis has shape {tuple(axis.shape)}, the model needs ({n_blocks}, {hidden}): wrong model or axis file")
+    (layer,) = check_layer_indices([layer], n_blocks)
+    budget = max_tokens or default_max_tokens(model)
+    plans = plan_turns(tokenizer, messages, budget, turns)
+    passes = _group_passes(plans)
+    layer_list = list(range(n_blocks)) if all_layers else [layer]
+    directions = unit(axis[layer_list].float())  # (n_layers, hidden)
+    rows: list[dict[str, Any]] = []
+    for n, p in enumerate(passes, 1):
+        log.info("projection pass %d/%d: %d tokens, %d turn(s)", n, len(passes), len(p.ids), len(p.plans))
+        means = span_means(model, p.ids, [pl.span for pl in p.plans], layer_list, layers_path)
+        proj = torch.einsum("sld,ld->sl", means, directions)
+        for pl, values in zip(p.plans, proj, strict=True):
+            row: dict[str, Any] = {
+                "turn": pl.turn,
+                "message_index": pl.message_index,
+                "n_tokens": 0 if pl.span is None else pl.span[1] - pl.span[0],
+                "context_tokens": len(pl.ids),
+                "window_start": pl.window_start,
+                "windowed": pl.windowed,
+                "projection": float(values[layer_list.index(layer)]),
+            }
+            if all_layers:
+                row.update({layer_column(li): float(v) for li, v in zip(layer_list, values, strict=True)})
+            rows.append(row)
+    windowed = [r["turn"] for r in rows if r["windowed"]]
+    if windowed:
+        log.info("turns %s did not fit %d tokens with the whole history and were windowed", windowed, budget)
+    return pd.DataFrame(rows, columns=ROW_COLUMNS + [c for c in (rows[0] if rows else {}) if c not in ROW_COLUMNS])
+
+
+@dataclass
+class AxisSource:
+    """Where an axis came from, and the model and layer that go with it."""
+
+    axis: torch.Tensor
+    path: Path
+    model: str | None  # model spec recorded by the run (None for a bare --axis file)
+    target_layer: int | None
+
+
+def resolve_axis(axis: str | None, run: str | None, results_dir: str | os.PathLike[str] = "results") -> AxisSource:
+    """``--axis FILE`` or ``--run NAME`` (``results/NAME/axis.safetensors`` with the run's ``model.json``)."""
+    if (axis is None) == (run is None):
+        runs = sorted(p.parent.name for p in Path(results_dir).glob("*/axis.safetensors"))
+        hint = f" (runs with an axis under {results_dir}/: {', '.join(runs)})" if runs else ""
+        raise ValueError(f"give exactly one of --axis FILE or --run NAME{hint}")
+    if axis is not None:
+        path = Path(axis)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such axis file")
+        return AxisSource(load_axis(path), path, None, None)
+    folder = Path(results_dir) / str(run)
+    path, info_path = folder / "axis.safetensors", folder / "model.json"
+    for needed in (path, info_path):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed}: missing; run the pipeline for run {run!r} first (snakemake)")
+    info = json.loads(info_path.read_text())
+    for key in ("spec", "target_layer"):
+        if key not in info:
+            raise ValueError(f"{info_path}: missing field '{key}'")
+    return AxisSource(load_axis(path), path, str(info["spec"]), int(info["target_layer"]))
+
+
+def trajectory_plot(
+    table: pd.DataFrame, path: str | os.PathLike[str], layer: int, title: str = "", floor: float | None = None
+) -> None:
+    """Projection per assistant turn; windowed turns are drawn hollow, a capping floor as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(table["turn"], table["projection"], "-", color="tab:blue", lw=1.2)
+    full = table[~table["windowed"].astype(bool)]
+    win = table[table["windowed"].astype(bool)]
+    ax.plot(full["turn"], full["projection"], "o", color="tab:blue", label="whole history")
+    if len(win):
+        ax.plot(win["turn"], win["projection"], "o", mfc="white", color="tab:blue", label="windowed context")
+    if floor is not None:
+        ax.axhline(floor, ls="--", color="tab:red", lw=1, label="capping floor")
+    ax.set_xlabel("assistant turn")
+    ax.set_ylabel(f"projection on the Assistant axis (layer {layer})")
+    ax.set_title(title or "Assistant-axis trajectory")
+    if len(win) or floor is not None:
+        ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,156 @@
+"""Stage 1: responses for every role x system prompt x question of one shard."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..conversation import build_conversation, substitute_model_name
+from ..generation import Generated, SamplingSettings, generate_batch
+from ..roles import DEFAULT_ROLE, Question, Role, load_questions, load_roles
+from ..storage import write_parquet
+from .layout import derive_seed, fingerprint, sample_key
+from .role_cache import RoleCache
+
+log = logging.getLogger(__name__)
+
+RESPONSE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("role", pa.string()),
+        ("prompt_index", pa.int32()),
+        ("question_id", pa.int32()),
+        ("system_prompt", pa.string()),
+        ("question", pa.string()),
+        ("response", pa.string()),
+        ("n_tokens", pa.int32()),
+        ("finished", pa.bool_()),
+    ]
+)
+
+
+def role_samples(role: Role, questions: Sequence[Question], n_prompts: int, model_name: str) -> list[dict[str, Any]]:
+    """The (system prompt, question) pairs a role is asked: its first ``n_prompts`` prompts x all questions."""
+    out = []
+    for p_idx, prompt in enumerate(role.prompts[:n_prompts]):
+        system = substitute_model_name(prompt, model_name)
+        for q in questions:
+            out.append(
+                {
+                    "key": sample_key(role.name, p_idx, q.id),
+                    "role": role.name,
+                    "prompt_index": p_idx,
+                    "question_id": q.id,
+                    "system_prompt": system,
+                    "question": q.text,
+                }
+            )
+    return out
+
+
+def group_roles(roles: list[str], per_role: dict[str, int], batch_size: int) -> list[list[str]]:
+    """Consecutive roles packed into groups of about one batch, the unit of work and of sampling.
+
+    HF sampling draws from one random stream per batch, so a role's texts depend on its batch
+    neighbours; fixing the groups from the shard's role list keeps a resumed run identical.
+    """
+    groups: list[list[str]] = []
+    current: list[str] = []
+    count = 0
+    for role in roles:
+        if current and count + per_role[role] > batch_size:
+            groups.append(current)
+            current, count = [], 0
+        current.append(role)
+        count += per_role[role]
+    if current:
+        groups.append(current)
+    return groups
+
+
+class Generator:
+    """Loads the backend once per job and generates for groups of samples."""
+
+    def __init__(self, backend: str, model_path: str, dtype: str, device: str, vllm_options: dict[str, Any]) -> None:
+        self.backend = backend
+        if backend == "hf":
+            from ..models import load_model
+
+            self.model, self.tokenizer = load_model(model_path, dtype=dtype, device=device)
+        elif backend == "vllm":
+            from ..vllm_backend import VLLMGenerator
+
+            self.engine = VLLMGenerator(model_path, dtype=dtype, hooks=False, **vllm_options)
+        else:
+            raise ValueError(f"generation backend {backend!r} is not 'hf' or 'vllm' (config key 'backend')")
+
+    def generate(self, samples: list[dict[str, Any]], settings: SamplingSettings, batch_size: int) -> list[Generated]:
+        convs = [build_conversation(s["system_prompt"], s["question"]) for s in samples]
+        if self.backend == "hf":
+            return generate_batch(self.model, self.tokenizer, convs, settings, batch_size=batch_size)
+        return self.engine.generate(convs, settings)
+
+
+def generate_shard(
+    *,
+    roles_dir: str,
+    questions_file: str,
+    roles: list[str],
+    model_path: str,
+    model_short_name: str,
+    backend: str,
+    dtype: str,
+    device: str,
+    n_prompts: int,
+    n_default_prompts: int,
+    n_questions: int,
+    generation: dict[str, Any],
+    batch_size: int,
+    vllm_options: dict[str, Any],
+    cache_dir: str,
+    output: str,
+) -> None:
+    """Generate every sample of ``roles`` into ``output`` (Parquet), resuming from the per-role cache."""
+    role_defs = load_roles(roles_dir, roles)
+    questions = load_questions(questions_file)[:n_questions]
+    settings_base = SamplingSettings(**generation)
+    samples = {
+        r: role_samples(role_defs[r], questions, n_default_prompts if r == DEFAULT_ROLE else n_prompts, model_short_name)
+        for r in roles
+    }
+    groups = group_roles(roles, {r: len(s) for r, s in samples.items()}, batch_size)
+    cache = RoleCache(cache_dir)
+    common = {"model": model_path, "backend": backend, "dtype": dtype, "gen": generation, "batch": batch_size}
+    tables: dict[str, pa.Table] = {}
+    todo: list[tuple[list[str], str]] = []
+    for group in groups:
+        fp = fingerprint({**common, "samples": [samples[r] for r in group], "group": group})
+        cached = {r: cache.get(r, fp) for r in group}
+        if all(t is not None for t in cached.values()):
+            tables.update(cached)  # type: ignore[arg-type]
+        else:
+            todo.append((group, fp))
+    log.info("generate: %d roles in %d groups, %d groups cached, %d to do", len(roles), len(groups), len(groups) - len(todo), len(todo))
+    generator = Generator(backend, model_path, dtype, device, vllm_options) if todo else None
+    for n, (group, fp) in enumerate(todo, 1):
+        group_samples = [s for r in group for s in samples[r]]
+        settings = SamplingSettings(**{**generation, "seed": derive_seed(settings_base.seed, *group)})
+        assert generator is not None
+        results = generator.generate(group_samples, settings, batch_size)
+        for role in group:
+            rows = [
+                {**s, "response": g.text, "n_tokens": g.n_tokens, "finished": g.finished}
+                for s, g in zip(group_samples, results)
+                if s["role"] == role
+            ]
+            table = pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA)
+            cache.put(role, fp, table)
+            tables[role] = table
+        log.info("generate: group %d/%d done (%s)", n, len(todo), ", ".join(group))
+    out = pa.concat_tables([tables[r] for r in roles])
+    write_parquet(Path(output), out.replace_schema_metadata({"model": model_path, "backend": backend}))
+

@@ -1,0 +1,141 @@
+"""Role sets and extraction questions, in the reference project's JSON formats, validated.
+
+A roles directory holds ``instructions/<role>.json`` (or the role files directly) and optionally
+``role_list.json``. Each role file is::
+
+    {"instruction": [{"pos": "system prompt"}, ...], "eval_prompt": "... {question} ... {answer} ..."}
+
+``default.json`` (the neutral Assistant prompts) has no eval prompt. Questions are JSONL lines of
+``{"question": str, "id": int}``. Every problem is reported with the file and the field to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ROLE = "default"
+
+
+class RoleSetError(ValueError):
+    """A role or question file is malformed; the message names the file, the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    prompts: tuple[str, ...]
+    eval_prompt: str | None
+
+    def judge_prompt(self, question: str, answer: str) -> str:
+        if self.eval_prompt is None:
+            raise RoleSetError(f"role {self.name!r} has no eval_prompt to judge with")
+        # str.replace, not str.format: prompts may contain other braces
+        return self.eval_prompt.replace("{question}", question).replace("{answer}", answer)
+
+
+@dataclass(frozen=True)
+class Question:
+    id: int
+    text: str
+
+
+def _instructions_dir(roles_dir: Path) -> Path:
+    sub = roles_dir / "instructions"
+    return sub if sub.is_dir() else roles_dir
+
+
+def load_role(path: str | os.PathLike[str]) -> Role:
+    path = Path(path)
+    name = path.stem
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RoleSetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise RoleSetError(f"{path}: the top level must be an object with an 'instruction' list")
+    inst = data.get("instruction")
+    if not isinstance(inst, list) or not inst:
+        raise RoleSetError(f"{path}: field 'instruction' must be a non-empty list of {{\"pos\": \"...\"}} objects")
+    prompts = []
+    for i, entry in enumerate(inst):
+        if not isinstance(entry, dict) or not isinstance(entry.get("pos"), str):
+            raise RoleSetError(f"{path}: field 'instruction[{i}].pos' must be a string (the system prompt)")
+        if name != DEFAULT_ROLE and not entry["pos"].strip():
+            raise RoleSetError(f"{path}: field 'instruction[{i}].pos' is empty; write the role's system prompt")
+        prompts.append(entry["pos"])
+    eval_prompt = data.get("eval_prompt")
+    if name != DEFAULT_ROLE:
+        if not isinstance(eval_prompt, str) or not eval_prompt.strip():
+            raise RoleSetError(f"{path}: field 'eval_prompt' is missing; add the judge prompt with {{question}} and {{answer}}")
+        for slot in ("{question}", "{answer}"):
+            if slot not in eval_prompt:
+                raise RoleSetError(f"{path}: field 'eval_prompt' lacks the placeholder {slot}; the judge needs it")
+    elif eval_prompt is not None and not isinstance(eval_prompt, str):
+        raise RoleSetError(f"{path}: field 'eval_prompt' must be a string")
+    return Role(name, tuple(prompts), eval_prompt)
+
+
+def list_roles(roles_dir: str | os.PathLike[str]) -> list[str]:
+    """Role names in the directory (``default`` first), validated against ``role_list.json`` if present."""
+    roles_dir = Path(roles_dir)
+    if not roles_dir.is_dir():
+        raise RoleSetError(f"{roles_dir}: roles directory not found (config key 'roles_dir')")
+    inst = _instructions_dir(roles_dir)
+    names = sorted(p.stem for p in inst.glob("*.json") if p.name != "role_list.json")
+    if not names:
+        raise RoleSetError(f"{inst}: no role files (*.json) found")
+    role_list = roles_dir / "role_list.json"
+    if role_list.exists():
+        try:
+            listed = json.loads(role_list.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RoleSetError(f"{role_list}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if not isinstance(listed, dict):
+            raise RoleSetError(f"{role_list}: must be an object mapping role name -> description")
+        missing = sorted(set(listed) - set(names))
+        if missing:
+            raise RoleSetError(f"{role_list}: lists roles with no file in {inst}: {', '.join(missing[:10])}")
+    if DEFAULT_ROLE in names:
+        names.remove(DEFAULT_ROLE)
+        names.insert(0, DEFAULT_ROLE)
+    return names
+
+
+def load_roles(roles_dir: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, Role]:
+    """Load and validate roles (all, or ``names``); raises :class:`RoleSetError` on the first bad file."""
+    roles_dir = Path(roles_dir)
+    available = list_roles(roles_dir)
+    wanted = available if names is None else names
+    unknown = [n for n in wanted if n not in available]
+    if unknown:
+        raise RoleSetError(f"{roles_dir}: no role file for {', '.join(unknown[:10])} (config key 'roles')")
+    inst = _instructions_dir(roles_dir)
+    return {name: load_role(inst / f"{name}.json") for name in wanted}
+
+
+def load_questions(path: str | os.PathLike[str]) -> list[Question]:
+    path = Path(path)
+    if not path.is_file():
+        raise RoleSetError(f"{path}: questions file not found (config key 'questions_file')")
+    out: list[Question] = []
+    seen: set[int] = set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RoleSetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
+            raise RoleSetError(f"{path}:{lineno}: field 'question' must be a non-empty string")
+        qid = obj.get("id", len(out))
+        if not isinstance(qid, int) or qid in seen:
+            raise RoleSetError(f"{path}:{lineno}: field 'id' must be a unique integer (got {qid!r})")
+        seen.add(qid)
+        out.append(Question(qid, obj["question"]))
+    if not out:
+        raise RoleSetError(f"{path}: no questions")
+    return out

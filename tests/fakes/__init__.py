@@ -1,0 +1,1 @@
+"""Fake HTTP servers for tests (loopback only)."""

@@ -1,0 +1,180 @@
+"""The Snakemake pipeline end to end on a tiny config: every stage, stale-only reruns, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from fakes.api_servers import FakeAnthropic
+from pipeline_helpers import REPO, SNAKEMAKE, TINY_ROLES, planned_jobs, snakemake, tiny_config, write_config
+
+from assistant_axis.axis import load_axis
+from assistant_axis.capping import load_capping_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory) -> Path:
+    """One complete run of the tiny config, shared by the tests that only look at it."""
+    workdir = tmp_path_factory.mktemp("run")
+    write_config(workdir, tiny_config())
+    snakemake(workdir)
+    return workdir
+
+
+def test_every_stage_produces_its_outputs(done_run):
+    res = done_run / "results" / "tiny"
+    axis = torch.load(res / "axis.pt", weights_only=True)["axis"]
+    assert axis.shape == (30, 576)
+    assert torch.equal(load_axis(res / "axis.safetensors"), axis)
+    ref = torch.load(res / "capping_config.pt", weights_only=True)
+    assert {e["id"] for e in ref["experiments"]} == {"layers_10:12-p0.25", "layers_10:12-p0.5", "layers_14:16-p0.25", "layers_14:16-p0.5"}
+    assert len(load_capping_config(res / "capping.safetensors").experiments) == 4
+    counts = pd.read_csv(res / "role_counts.csv")
+    assert set(counts["role"]) == set(TINY_ROLES)
+    assert counts["kept"].any()
+    pca = json.loads((res / "persona_space.json").read_text())
+    assert len(pca["per_layer"]) == 30 and pca["target_layer"] == 15
+    for plot in ("persona_space.png", "axis_layers.png", "capping_calibration.png"):
+        assert (res / "plots" / plot).stat().st_size > 10_000
+
+
+def test_shards_have_the_documented_layout(done_run):
+    res = done_run / "results" / "tiny"
+    responses = pd.concat(pd.read_parquet(p) for p in sorted((res / "responses").glob("shard_*.parquet")))
+    assert len(responses) == 5 * 1 * 2 + 2 * 2  # 5 roles x 1 prompt x 2 questions + default 2 x 2
+    assert responses["key"].is_unique
+    assert (responses["n_tokens"] <= 8).all()
+    shard = sorted((res / "activations").glob("shard_*.parquet"))[0]
+    meta = pq.read_schema(shard).metadata
+    assert meta[b"model"] == b"embedded:smollm2-135m-instruct" and meta[b"hidden_size"] == b"576"
+    assert json.loads(meta[b"layers"]) == list(range(30)) and meta[b"dtype"] == b"float32"
+    df = pd.read_parquet(shard)
+    assert len(df["layer_015"].iloc[0]) == 576
+    n = duckdb.sql(f"SELECT count(*), max(len(layer_000)) FROM '{shard}'").fetchall()[0]
+    assert n == (len(df), 576)
+    scores = pd.concat(pd.read_parquet(p) for p in (res / "scores").glob("shard_*.parquet"))
+    assert set(scores["role"]) == set(TINY_ROLES) - {"default"}
+    assert scores["score"].dropna().between(0, 3).all()
+
+
+def test_dry_run_after_complete_run_has_nothing_to_do(done_run):
+    start = time.perf_counter()
+    proc = snakemake(done_run, "-n")
+    took = time.perf_counter() - start
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    print(f"dry run on the completed tiny run: {took:.1f} s")
+
+
+def test_report_has_plots_and_tables(done_run):
+    snakemake(done_run, "--report", "report.html")
+    html = (done_run / "report.html").read_text(errors="replace")
+    for name in ("persona_space.png", "capping_calibration.png", "role_counts.csv"):
+        assert name in html
+
+
+def _copy_run(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def test_adding_a_model_runs_only_that_model(done_run, tmp_path):
+    work = _copy_run(done_run, tmp_path / "w")
+    cfg = tiny_config()
+    cfg["models"]["other"] = dict(cfg["models"]["tiny"])
+    write_config(work, cfg)
+    jobs = planned_jobs(work)
+    assert jobs and all("model=tiny," not in wc and wc != "model=tiny" for _, wc in jobs)
+    assert {r for r, _ in jobs} >= {"generate_responses", "extract_activations", "judge_responses", "compute_axis"}
+
+
+def test_generation_change_for_one_model_leaves_the_other_alone(done_run, tmp_path):
+    work = _copy_run(done_run, tmp_path / "w")
+    cfg = tiny_config()
+    cfg["models"]["other"] = dict(cfg["models"]["tiny"])
+    write_config(work, cfg)
+    snakemake(work, "--until", "generate_responses")
+    cfg["models"]["other"]["generation"] = {"max_new_tokens": 6}
+    write_config(work, cfg)
+    jobs = planned_jobs(work)
+    gen = [wc for r, wc in jobs if r == "generate_responses"]
+    assert gen and all("model=other" in wc for gen_wc in [gen] for wc in gen_wc)
+    assert not any("model=tiny" in wc and "model=tiny2" not in wc for _, wc in jobs)
+
+
+def test_changing_the_judge_reruns_scoring_and_what_follows_only(done_run, tmp_path, monkeypatch):
+    work = _copy_run(done_run, tmp_path / "w")
+    with FakeAnthropic() as fake:
+        cfg = tiny_config(judge={"backend": "anthropic", "model": "claude-haiku-5-5", "base_url": fake.url, "budget_usd": 1.0})
+        write_config(work, cfg)
+        env = {"ANTHROPIC_API_KEY": "sk-ant-test-not-a-real-key"}
+        rules = {r for r, _ in planned_jobs(work, env=env)}
+        assert "judge_responses" in rules and "compute_axis" in rules
+        assert not rules & {"generate_responses", "extract_activations", "prepare_model"}
+        snakemake(work, env=env)
+        calls = fake.requests["POST /v1/messages"]
+        assert calls == 10  # one per role-play response, none for default ones
+        # a forced rerun of scoring is served from the cache: no new paid call
+        snakemake(work, "--forcerun", "judge_responses", env=env)
+        assert fake.requests["POST /v1/messages"] == calls
+    for log in (work / "results" / "tiny" / "logs").glob("*.log"):
+        assert "sk-ant-test-not-a-real-key" not in log.read_text()
+
+
+def test_config_errors_name_the_key(tmp_path):
+    write_config(tmp_path, tiny_config(generation={"temperature": -1}))
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    assert "config key 'generation.temperature'" in proc.stdout + proc.stderr
+    write_config(tmp_path, tiny_config(roles=["default", "no_such_role"]))
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert "no role file for no_such_role" in proc.stdout + proc.stderr
+    cfg = tiny_config()
+    cfg["models"]["tiny"]["bakend"] = "hf"
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert "config key 'models.tiny'" in proc.stdout + proc.stderr and "bakend" in proc.stdout + proc.stderr
+
+
+def test_killed_generation_shard_resumes_without_redoing_finished_roles(tmp_path):
+    roles = ["default", "pirate", "ghost", "witch", "poet", "robot", "sage", "chef"]
+    cfg = tiny_config(roles=roles, shards=1, batch_size=4, generation={"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 24, "seed": 3})
+    target = "results/tiny/responses/shard_000.parquet"
+    # reference: an uninterrupted run
+    ref = tmp_path / "ref"
+    write_config(ref, cfg)
+    snakemake(ref, target)
+    # interrupted run: kill the whole job as soon as the first role group is in the cache
+    work = tmp_path / "work"
+    write_config(work, cfg)
+    cache = work / "results" / "tiny" / "cache" / "responses"
+    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2", target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(cache.glob("*.parquet")):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.parquet")}
+    assert finished, "no role group finished before the kill"
+    assert not (work / target).exists()
+    assert len(finished) < len(roles)
+    snakemake(work, target, "--rerun-incomplete")
+    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.parquet")}
+    assert all(after[name] == mtime for name, mtime in finished.items())  # finished roles were not generated again
+    log = (work / "results" / "tiny" / "logs" / "generate_000.log").read_text()
+    assert "groups cached" in log and " 0 groups cached" not in log
+    a = pd.read_parquet(ref / target)
+    b = pd.read_parquet(work / target)
+    pd.testing.assert_frame_equal(a, b)

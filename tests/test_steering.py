@@ -1,0 +1,125 @@
+"""The math of each steering operation, on the embedded model's real block outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from assistant_axis.axis import unit
+from assistant_axis.capping import CappingConfig, apply_floor, calibrate
+from assistant_axis.conversation import format_conversation
+from assistant_axis.layers import get_layers
+from assistant_axis.steering import ActivationSteering, build_capping_steerer
+
+LAYER = 12
+
+
+def _block_outputs(model, ids, layers):
+    """Outputs of blocks after all hooks (registered last, so they run last)."""
+    seen = {}
+    handles = [
+        get_layers(model)[layer].register_forward_hook(lambda m, a, o, layer=layer: seen.__setitem__(layer, o[0] if isinstance(o, tuple) else o))
+        for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(tokenizer):
+    text = format_conversation(tokenizer, [{"role": "user", "content": "Describe a quiet harbour at dawn."}])
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+
+
+def _single_layer_io(model, ids, steerer):
+    """Input of block LAYER+1 unsteered vs steered equals block LAYER's output: compare them directly."""
+    base = _block_outputs(model, ids, [LAYER])[LAYER].clone()
+    with steerer:
+        steered = _block_outputs(model, ids, [LAYER])[LAYER].clone()
+    return base, steered
+
+
+def test_addition(fp32_model, prompt_ids):
+    model, _ = fp32_model
+    v = torch.randn(model.config.hidden_size)
+    base, steered = _single_layer_io(model, prompt_ids, ActivationSteering(model, [v], [2.5], [LAYER]))
+    assert torch.allclose(steered, base + 2.5 * v, atol=1e-4)
+
+
+def test_ablation_and_mean_ablation(fp32_model, prompt_ids):
+    model, _ = fp32_model
+    v = torch.randn(model.config.hidden_size)
+    u = unit(v)
+    base, steered = _single_layer_io(model, prompt_ids, ActivationSteering(model, [v], [0.0], [LAYER], intervention_type="ablation"))
+    assert torch.allclose(steered @ u, torch.zeros(steered.shape[:2]), atol=1e-3)
+    assert torch.allclose(steered, base - (base @ u).unsqueeze(-1) * u, atol=1e-4)
+    mean = torch.randn(model.config.hidden_size)
+    _, steered = _single_layer_io(
+        model, prompt_ids, ActivationSteering(model, [v], layer_indices=[LAYER], intervention_type="mean_ablation", mean_activations=[mean])
+    )
+    assert torch.allclose(steered, base - (base @ u).unsqueeze(-1) * u + mean, atol=1e-4)
+
+
+def test_last_position_only(fp32_model, prompt_ids):
+    model, _ = fp32_model
+    v = torch.randn(model.config.hidden_size)
+    base, steered = _single_layer_io(model, prompt_ids, ActivationSteering(model, [v], [1.0], [LAYER], positions="last"))
+    assert torch.allclose(steered[:, :-1], base[:, :-1], atol=1e-5)
+    assert torch.allclose(steered[:, -1], base[:, -1] + v, atol=1e-4)
+
+
+def test_reference_capping_is_a_ceiling(fp32_model, prompt_ids):
+    model, _ = fp32_model
+    v = torch.randn(model.config.hidden_size)
+    base = _block_outputs(model, prompt_ids, [LAYER])[LAYER]
+    tau = float((base[0, 1:] @ unit(v)).median())
+    with ActivationSteering(model, [v], layer_indices=[LAYER], intervention_type="capping", cap_thresholds=[tau]) as st:
+        steered = _block_outputs(model, prompt_ids, [LAYER])[LAYER]
+    proj = steered[0, 1:] @ unit(v)
+    assert proj.max() <= tau + 1e-3
+    assert st.telemetry_summary()[LAYER]["capped"] > 0
+
+
+def test_floor_holds_at_every_capped_layer_and_spares_position_zero(fp32_model, prompt_ids):
+    model, _ = fp32_model
+    layers = [10, 11, 12, 13]
+    vecs = {layer: unit(torch.randn(model.config.hidden_size)) for layer in layers}
+    base = _block_outputs(model, prompt_ids, layers)
+    floors = {layer: float((base[layer][0, 1:] @ vecs[layer]).quantile(0.75)) for layer in layers}
+    steerer = ActivationSteering.from_floors(model, [(layer, vecs[layer], floors[layer]) for layer in layers])
+    with steerer:
+        out = _block_outputs(model, prompt_ids, layers)
+    for layer in layers:
+        proj = out[layer][0] @ vecs[layer]
+        assert proj[1:].min() >= floors[layer] - 1e-3, layer
+    # position 0 (the massive-activation first token) is left alone by default
+    tel = steerer.telemetry_summary()
+    assert all(t["tokens"] == prompt_ids.shape[1] - 1 for t in tel.values())
+    assert all(t["capped"] > 0 and t["mean_correction"] > 0 for t in tel.values())
+
+
+def test_apply_floor_math():
+    h = torch.tensor([[3.0, 0.0], [-2.0, 5.0], [0.5, 1.0]])
+    v = torch.tensor([1.0, 0.0])
+    out = apply_floor(h, v, 1.0)
+    assert torch.equal(out, torch.tensor([[3.0, 0.0], [1.0, 5.0], [1.0, 1.0]]))
+
+
+def test_capping_config_from_calibration_builds_a_steerer(fp32_model, prompt_ids, tmp_path):
+    model, _ = fp32_model
+    n_layers = len(get_layers(model))
+    axis = torch.randn(n_layers, model.config.hidden_size)
+    proj = torch.randn(50, n_layers)
+    cfg = calibrate(proj, axis, [(10, 14)], [0.25])
+    cfg.save_reference(tmp_path / "capping_config.pt")
+    loaded = torch.load(tmp_path / "capping_config.pt", weights_only=True)
+    steerer = build_capping_steerer(model, loaded, "layers_10:14-p0.25")
+    with steerer:
+        model(prompt_ids)
+    assert sorted(steerer.telemetry_summary()) == [10, 11, 12, 13]
+    assert isinstance(CappingConfig.from_reference(loaded), CappingConfig)

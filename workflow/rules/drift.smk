@@ -1,0 +1,1 @@
+# Drift experiment (issue: monitoring). Appends its targets to EXTRA_TARGETS.
