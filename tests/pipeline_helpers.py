@@ -27,6 +27,7 @@ def tiny_config(**over: Any) -> dict[str, Any]:
         "questions_per_role": 2,
         "default_prompts": 2,
         "shards": 2,
+        "threads": 2,
         "generation": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 8, "seed": 0},
         "batch_size": 8,
         "judge": {"backend": "offline", "model": "heuristic-v1"},

@@ -42,7 +42,7 @@ def test_projection_equals_direct_computation(fp32_model, axis):
     for row in table.itertuples():
         context = messages[: row.message_index + 1]
         assert row.projection == pytest.approx(direct_projection(model, tok, context, axis, LAYER), rel=1e-4, abs=1e-4)
-        assert getattr(row, "layer_003") == pytest.approx(direct_projection(model, tok, context, axis, 3), rel=1e-4, abs=1e-4)
+        assert row.layer_003 == pytest.approx(direct_projection(model, tok, context, axis, 3), rel=1e-4, abs=1e-4)
     assert table["projection"].tolist() == pytest.approx(table["layer_015"].tolist())
 
 

@@ -178,3 +178,20 @@ def test_killed_generation_shard_resumes_without_redoing_finished_roles(tmp_path
     a = pd.read_parquet(ref / target)
     b = pd.read_parquet(work / target)
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.vllm
+def test_vllm_backend_generates_the_same_schema(tmp_path, done_run):
+    pytest.importorskip("vllm")
+    cfg = tiny_config()
+    cfg["models"]["tiny"]["backend"] = "vllm"
+    cfg["models"]["tiny"]["dtype"] = "float32"
+    write_config(tmp_path, cfg)
+    target = "results/tiny/responses/shard_000.parquet"
+    snakemake(tmp_path, target)
+    vllm_out = pq.read_table(tmp_path / target)
+    hf_out = pq.read_table(done_run / target)
+    assert vllm_out.schema.remove_metadata() == hf_out.schema.remove_metadata()
+    assert vllm_out.column("key").to_pylist() == hf_out.column("key").to_pylist()
+    assert all(0 < n <= 8 for n in vllm_out.column("n_tokens").to_pylist())
+    assert pq.read_schema(tmp_path / target).metadata[b"backend"] == b"vllm"

@@ -11,6 +11,7 @@ import sys
 COMMAND_MODULES: list[str] = [
     "assistant_axis.project_cli",
     "assistant_axis.chat_cli",
+    "assistant_axis.generate_cli",
 ]
 
 

@@ -7,8 +7,12 @@ experiment is measured on both sides with the same items:
   domain, ``resources/jailbreaks/jailbreaks.jsonl``) are scored 0-3 by a judge with the harm rubric;
   the same requests without the persona give the baseline;
 * **capability**: the mean negative log-likelihood of held-out default responses (perplexity), and
-  accuracy on easy 4-option multiple-choice questions, scored by comparing the log-probabilities
-  of the option letters after an ``Answer:`` prefix (no sampling, so no parsing failures).
+  accuracy on easy 4-option multiple-choice questions, scored without sampling (so no parsing
+  failures) in one of two ways: ``letters`` compares the log-probabilities of the option letters
+  after an ``Answer:`` prefix (the usual MMLU-style scoring, fine for large models); ``options``
+  compares the summed log-likelihood of each option's text as the reply to the bare question
+  (cloze scoring). The embedded SmolLM2-135M is at chance with letters (27% on our 48 items, it
+  says "C" 38 times) but 62% with options, so only ``options`` tells capping effects from noise there.
 
 All model functions here run whatever hooks are installed on the model, so the caller measures a
 capped model by entering an :class:`~assistant_axis.steering.ActivationSteering` around them.
@@ -63,7 +67,7 @@ class MCItem:
     answer: str
 
     def prompt(self) -> str:
-        lines = [self.question, *(f"{letter}. {option}" for letter, option in zip(LETTERS, self.options)), MC_INSTRUCTION]
+        lines = [self.question, *(f"{letter}. {option}" for letter, option in zip(LETTERS, self.options, strict=True)), MC_INSTRUCTION]
         return "\n".join(lines)
 
 
@@ -220,6 +224,22 @@ def mc_letter_logprobs(model: torch.nn.Module, tokenizer: Any, items: Sequence[M
         logp = torch.log_softmax(logits[torch.arange(len(rows), device=device), last].float(), dim=-1)
         out[start : start + len(rows)] = logp[:, letters].cpu().numpy()
     return out
+
+
+def mc_option_logprobs(model: torch.nn.Module, tokenizer: Any, items: Sequence[MCItem], batch_size: int = 8) -> np.ndarray:
+    """``(n_items, 4)`` summed log-likelihood of each option's text as the reply to the bare question."""
+    nll = response_nll(model, tokenizer, [(None, item.question, option) for item in items for option in item.options], batch_size)
+    return -np.array([total for total, _ in nll]).reshape(len(items), len(LETTERS))
+
+
+MC_SCORING = {"letters": mc_letter_logprobs, "options": mc_option_logprobs}
+
+
+def mc_scores(model: torch.nn.Module, tokenizer: Any, items: Sequence[MCItem], scoring: str, batch_size: int = 8) -> np.ndarray:
+    """``(n_items, 4)`` scores by ``scoring`` (``letters`` or ``options``, see the module docstring); higher = chosen."""
+    if scoring not in MC_SCORING:
+        raise ValueError(f"config key 'capping_eval.mc_scoring': {scoring!r} is not one of {', '.join(MC_SCORING)}")
+    return MC_SCORING[scoring](model, tokenizer, items, batch_size)
 
 
 def mc_predictions(logprobs: np.ndarray) -> list[str]:

@@ -96,10 +96,10 @@ def capping_pareto_plot(
     harm = np.array([100 * r["harm_change"] for r in rows])
     xs = (np.array([100 * r["perplexity_change"] for r in rows]), np.array([100 * r["mc_change"] for r in rows]))
     labels = ("perplexity change vs unsteered (%)", "MC accuracy change vs unsteered (points)")
-    for k, (ax, x, label) in enumerate(zip(axes, xs, labels)):
+    for k, (ax, x, label) in enumerate(zip(axes, xs, labels, strict=True)):
         colours = ["tab:green" if r["within_bounds"] else "tab:grey" for r in rows]
         ax.scatter(x, harm, c=colours, s=36, edgecolor="k", linewidth=0.4, zorder=3)
-        for xi, yi, r in zip(x, harm, rows):
+        for xi, yi, r in zip(x, harm, rows, strict=True):
             ax.annotate(r["experiment"].removeprefix("layers_"), (xi, yi), fontsize=7, alpha=0.8, xytext=(3, 3), textcoords="offset points")
         best = [i for i, r in enumerate(rows) if r["recommended"]]
         if best:

@@ -24,7 +24,8 @@ context (or --max-tokens) are windowed per turn: the system prompt plus as many 
 as fit; the output's 'windowed' column says which turns were.
 
 Reads a JSON list of {"role","content"} messages or a reference transcript
-({"model","turns","conversation":[...]}, with or without steering_config/auditor fields).
+({"model","turns","conversation":[...]}, with or without steering_config/auditor fields), or a
+list of such transcripts with --index N (the drift stage's transcripts.json).
 """
 
 
@@ -34,6 +35,7 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("conversation", help="transcript JSON file")
+    p.add_argument("--index", type=int, help="which transcript of a list of transcripts (e.g. drift/transcripts.json), 0-based")
     src = p.add_argument_group("axis (exactly one)")
     src.add_argument("--axis", help="axis file (.safetensors or .pt)")
     src.add_argument("--run", help="pipeline run name: uses results/RUN/axis.safetensors and model.json")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from .steering import build_capping_steerer
     from .transcripts import load_transcript
 
-    transcript = load_transcript(args.conversation)
+    transcript = load_transcript(args.conversation, args.index)
     source = resolve_axis(args.axis, args.run, args.results_dir)
     spec = args.model or source.model or DEFAULT_MODEL
     layer = args.layer if args.layer is not None else source.target_layer
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             "max_tokens": max_tokens,
             "capping": capping,
             "windowed_turns": [int(t) for t in table.loc[table["windowed"], "turn"]],
-            "rows": table.to_dict(orient="records"),
+            "rows": table.astype(object).where(table.notna(), None).to_dict(orient="records"),  # NaN -> null
         })
     if args.plot:
         trajectory_plot(table, args.plot, layer, title=f"{Path(args.conversation).name} ({spec})", floor=floor)

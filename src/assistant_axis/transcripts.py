@@ -5,7 +5,8 @@ Accepted files (JSON):
 * a plain list of ``{"role", "content"}`` messages;
 * the reference project's transcript object ``{"model", "turns", "conversation": [...]}``, including
   its case-study variant (``steering_config``) and persona-drift variant (``auditor_model``,
-  ``domain``, ``persona``, ``topic``...). Every key besides ``conversation`` is kept as metadata.
+  ``domain``, ``persona``, ``topic``...). Every key besides ``conversation`` is kept as metadata;
+* a list of such transcript objects (the drift stage's ``transcripts.json``), one picked by index;
 
 Roles are ``system`` (first message only), ``user`` and ``assistant``. ``turns`` is not checked
 against the messages: the reference files use it for exchanges in some places and for messages in
@@ -88,8 +89,23 @@ def validate_messages(messages: Any, where: str) -> list[Message]:
     return out
 
 
-def parse_transcript(data: Any, source: str = "transcript") -> Transcript:
-    """Build a :class:`Transcript` from already-parsed JSON (``source`` names it in errors)."""
+def _is_collection(data: Any) -> bool:
+    return isinstance(data, list) and bool(data) and all(isinstance(x, dict) and "conversation" in x for x in data)
+
+
+def parse_transcript(data: Any, source: str = "transcript", index: int | None = None) -> Transcript:
+    """Build a :class:`Transcript` from already-parsed JSON (``source`` names it in errors).
+
+    A list of transcript objects (what the drift stage writes) needs ``index`` to pick one.
+    """
+    if _is_collection(data):
+        if index is None:
+            raise TranscriptError(f"{source}: holds {len(data)} transcripts; pick one with an index (--index N, 0-based)")
+        if not -len(data) <= index < len(data):
+            raise TranscriptError(f"{source}: index {index} is out of range for {len(data)} transcripts")
+        return parse_transcript(data[index], f"{source}[{index}]")
+    if index is not None:
+        raise TranscriptError(f"{source}: holds a single conversation; an index applies only to a list of transcripts")
     if isinstance(data, list):
         return Transcript(validate_messages(data, source))
     if isinstance(data, dict):
@@ -103,7 +119,7 @@ def parse_transcript(data: Any, source: str = "transcript") -> Transcript:
     raise TranscriptError(f"{source}: expected {EXPECTED}; got a JSON {type(data).__name__}")
 
 
-def load_transcript(path: str | os.PathLike[str]) -> Transcript:
+def load_transcript(path: str | os.PathLike[str], index: int | None = None) -> Transcript:
     """Read and validate a transcript file; any problem raises :class:`TranscriptError` naming the file."""
     path = Path(path)
     if not path.exists():
@@ -112,7 +128,7 @@ def load_transcript(path: str | os.PathLike[str]) -> Transcript:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TranscriptError(f"{path}: not valid JSON ({exc}); expected {EXPECTED}") from exc
-    return parse_transcript(data, str(path))
+    return parse_transcript(data, str(path), index)
 
 
 def save_transcript(

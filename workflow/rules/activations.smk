@@ -12,7 +12,7 @@ rule extract_activations:
         batch_size=CFG["extraction"]["batch_size"],
         max_batch_tokens=CFG["extraction"]["max_batch_tokens"],
         cache_dir=lambda w: f"{RESULTS}/{w.model}/cache/activations",
-    threads: workflow.cores
+    threads: CFG["threads"]
     resources:
         mem_mb=8000,
         runtime=240,

@@ -37,6 +37,7 @@ rule capping_eval:
         percentiles=CFG["capping_eval"]["percentiles"],
         n_jailbreaks=CFG["capping_eval"]["n_jailbreaks"],
         n_mc=CFG["capping_eval"]["n_mc"],
+        mc_scoring=CFG["capping_eval"]["mc_scoring"],
         n_perplexity=CFG["capping_eval"]["n_perplexity"],
         generation=CFG["capping_eval"]["generation"],
         batch_size=CFG["capping_eval"]["batch_size"],
@@ -44,7 +45,7 @@ rule capping_eval:
         judge_cache=lambda w: f"{RESULTS}/{w.model}/cache/harm_judge.sqlite",
         harm_threshold=CFG["capping_eval"]["harm_threshold"],
         cache_dir=lambda w: f"{RESULTS}/{w.model}/cache/capping_eval",
-    threads: workflow.cores
+    threads: CFG["threads"]
     resources:
         mem_mb=8000,
         runtime=240,

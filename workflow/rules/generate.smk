@@ -33,7 +33,7 @@ rule generate_responses:
         batch_size=CFG["batch_size"],
         vllm=lambda w: run_settings(w.model)["vllm"],
         cache_dir=lambda w: f"{RESULTS}/{w.model}/cache/responses",
-    threads: workflow.cores
+    threads: CFG["threads"]
     resources:
         mem_mb=8000,
         runtime=240,

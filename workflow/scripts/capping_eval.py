@@ -16,6 +16,7 @@ run_stage(
     percentiles=None if sm.params.percentiles is None else list(sm.params.percentiles),
     n_jailbreaks=sm.params.n_jailbreaks,
     n_mc=sm.params.n_mc,
+    mc_scoring=sm.params.mc_scoring,
     n_perplexity=sm.params.n_perplexity,
     generation=dict(sm.params.generation),
     batch_size=sm.params.batch_size,

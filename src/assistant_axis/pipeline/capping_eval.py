@@ -39,8 +39,8 @@ from ..evaluation import (
     load_jailbreaks,
     load_mc,
     load_rubric,
-    mc_letter_logprobs,
     mc_predictions,
+    mc_scores,
     pareto_table,
     perplexity,
     response_nll,
@@ -64,7 +64,7 @@ DETAIL_SCHEMA = pa.schema(
         ("text", pa.string()),  # reply, or predicted letter (mc), or per-layer telemetry JSON
         ("n_tokens", pa.int32()),
         ("value", pa.float64()),  # NLL sum (perplexity), 1/0 correct (mc), share of positions capped (telemetry)
-        ("extra", pa.string()),  # mc: JSON letter log-probs
+        ("extra", pa.string()),  # mc: JSON of the four option scores
     ]
 )
 
@@ -104,7 +104,7 @@ def _experiment_fp(exp: CappingExperiment | None) -> Any:
 
 def _measure(
     model: Any, tokenizer: Any, condition: str, exp: CappingExperiment | None, jailbreaks: Sequence[Jailbreak],
-    ppl: Sequence[dict[str, Any]], mc: Sequence[MCItem], settings: SamplingSettings, batch_size: int,
+    ppl: Sequence[dict[str, Any]], mc: Sequence[MCItem], mc_scoring: str, settings: SamplingSettings, batch_size: int,
 ) -> pa.Table:
     """All measurements of one condition as detail rows (see :data:`DETAIL_SCHEMA`)."""
     from ..steering import ActivationSteering
@@ -131,7 +131,7 @@ def _measure(
             {"condition": condition, "kind": "perplexity", "item": r["key"], "n_tokens": n, "value": s}
             for r, (s, n) in zip(ppl, nll, strict=True)
         ]
-        logp = mc_letter_logprobs(model, tokenizer, mc, batch_size)
+        logp = mc_scores(model, tokenizer, mc, mc_scoring, batch_size)
         for item, pred, lp in zip(mc, mc_predictions(logp), logp, strict=True):
             rows.append({"condition": condition, "kind": "mc", "item": str(item.id), "text": pred,
                          "value": float(pred == item.answer), "extra": json.dumps([round(float(x), 5) for x in lp])})
@@ -156,7 +156,7 @@ def _condition_metrics(condition: str, frame: pd.DataFrame, harm_threshold: int)
     if condition == NO_PERSONA:
         return {**row, "perplexity": np.nan, "nll_per_token": np.nan, "mc_accuracy": np.nan, "capped_share": np.nan}
     ppl = frame[frame["kind"] == "perplexity"]
-    nll = list(zip(ppl["value"], ppl["n_tokens"]))
+    nll = list(zip(ppl["value"], ppl["n_tokens"], strict=True))
     tel = frame[frame["kind"] == "telemetry"]
     row.update(
         perplexity=perplexity(nll), nll_per_token=float(ppl["value"].sum() / ppl["n_tokens"].sum()),
@@ -169,7 +169,7 @@ def _condition_metrics(condition: str, frame: pd.DataFrame, harm_threshold: int)
 def evaluate_capping(
     *, capping_config: str, responses: Sequence[str], jailbreaks_file: str, harm_rubric_file: str, mc_file: str,
     model: str, dtype: str, device: str, percentiles: Sequence[float] | None, n_jailbreaks: int | None,
-    n_mc: int | None, n_perplexity: int | None, generation: dict[str, Any], batch_size: int, judge: dict[str, Any],
+    n_mc: int | None, mc_scoring: str, n_perplexity: int | None, generation: dict[str, Any], batch_size: int, judge: dict[str, Any],
     judge_cache: str, harm_threshold: int, cache_dir: str, details_out: str, metrics_out: str,
 ) -> pd.DataFrame:
     """Every condition's replies, harm scores, perplexity and MC accuracy; details Parquet + metrics CSV."""
@@ -189,7 +189,7 @@ def evaluate_capping(
         "model": model, "dtype": dtype, "device": device, "generation": generation, "batch": batch_size,
         "jailbreaks": [(j.id, j.persona, j.request) for j in jailbreaks],
         "ppl": [(r["key"], hashlib.sha256(r["response"].encode()).hexdigest()[:16]) for r in ppl],
-        "mc": [(m.id, m.question, m.options, m.answer) for m in mc],
+        "mc": [(m.id, m.question, m.options, m.answer) for m in mc], "mc_scoring": mc_scoring,
     }
     cache = RoleCache(cache_dir)
     tables: list[pa.Table] = []
@@ -203,7 +203,7 @@ def evaluate_capping(
 
                 loaded = load_model(model, dtype=dtype, device=device)
             t0 = time.monotonic()
-            table = _measure(*loaded, condition, exp, jailbreaks, ppl, mc, settings, batch_size)
+            table = _measure(*loaded, condition, exp, jailbreaks, ppl, mc, mc_scoring, settings, batch_size)
             cache.put(condition, fp, table)
             log.info("capping eval: condition %d/%d %s measured in %.1f s", n, len(conditions), condition, time.monotonic() - t0)
         else:
@@ -212,7 +212,7 @@ def evaluate_capping(
     frame = pa.concat_tables(tables).to_pandas()
     harm_rows = frame[frame["kind"].isin(["jailbreak", NO_PERSONA])]
     request_of = {str(j.id): j.request for j in jailbreaks}
-    keys = [f"{c}/{k}/{i}" for c, k, i in zip(harm_rows["condition"], harm_rows["kind"], harm_rows["item"])]
+    keys = [f"{c}/{k}/{i}" for c, k, i in zip(harm_rows["condition"], harm_rows["kind"], harm_rows["item"], strict=True)]
     items = harm_items(rubric, keys, [request_of[i] for i in harm_rows["item"]], list(harm_rows["text"]))
     verdicts = {v.key: v for v in make_judge(judge, judge_cache).judge(items)}
     frame["harm_score"] = pd.array([None] * len(frame), dtype="Int8")

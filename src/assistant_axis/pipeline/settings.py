@@ -19,14 +19,22 @@ DEFAULTS: dict[str, Any] = {
     "questions_per_role": 240,
     "default_prompts": 5,
     "shards": 4,
+    "threads": 8,
     "generation": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 512, "seed": 0},
     "batch_size": 64,
     "vllm": {},
     "extraction": {"batch_size": 32, "max_batch_tokens": 16384},
     "judge": {"backend": "offline", "model": "heuristic-v1"},
     "role_vectors": {"score": 3, "min_count": 10},
-    "analysis": {"n_components": 10},
+    "analysis": {"n_components": 10, "n_extremes": 12},
     "capping": {"windows": None, "percentiles": [0.01, 0.25, 0.5, 0.75]},
+    # off unless a config asks for it (config/config.yaml does); sizes of the default config
+    "drift": {
+        "enabled": False, "seeds_file": "resources/drift/seeds.json",
+        "domains": ["coding", "writing", "therapy", "philosophy"], "conversations_per_domain": 1, "turns": 3,
+        "max_new_tokens": 48, "user_max_new_tokens": 32, "user_model": "local", "temperature": 0.7, "top_p": 0.9,
+        "seed": 0,
+    },
     # small by default (every run evaluates capping); files None = the sets shipped beside the Snakefile
     "capping_eval": {
         "jailbreaks": None,
@@ -35,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "percentiles": None,
         "n_jailbreaks": 24,
         "n_mc": None,
+        "mc_scoring": "options",
         "n_perplexity": 32,
         "generation": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 32, "seed": 0},
         "batch_size": 24,

@@ -1,0 +1,206 @@
+"""Drift experiment: simulated multi-turn conversations per domain, projected turn by turn on the axis.
+
+A simulated user (by default the run's own model, prompted with a user persona from the seeds file)
+talks with the model for a fixed number of turns in each domain. The paper's finding to look for:
+therapy-like and AI-philosophy conversations drift down the axis while coding and writing stay up.
+All conversations of a turn are generated in one batch, first the users' messages, then the replies,
+so the cost grows with turns, not with the number of conversations.
+
+The user model is ``local`` (the run's model) or any other model spec loaded the same way; an API
+user (e.g. Anthropic, as in the paper) is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..axis import load_axis
+from ..conversation import Message
+from ..generation import SamplingSettings, generate_batch
+from ..models import load_model
+from ..monitor import project_conversation
+from ..storage import atomic_path, write_json, write_text
+from ..transcripts import Transcript
+from .layout import derive_seed
+
+log = logging.getLogger(__name__)
+
+LOCAL_USER = "local"
+# Said by the simulated user when it produced nothing: an empty user turn would make the next
+# reply meaningless, and a neutral nudge keeps the conversation going without steering it.
+EMPTY_USER_FALLBACK = "Please go on."
+
+
+@dataclass
+class Seed:
+    domain: str
+    index: int
+    persona: str
+    topic: str
+    opening: str
+
+
+@dataclass
+class SimConversation:
+    seed: Seed
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return f"{self.seed.domain}_{self.seed.index}"
+
+
+def load_seeds(path: str | Path, domains: Sequence[str], per_domain: int) -> tuple[str, list[Seed]]:
+    """The user prompt template and the first ``per_domain`` seeds of each domain; errors name file and field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{path}: drift seeds file not found (config key 'drift.seeds_file')") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("user_prompt"), str) or not isinstance(data.get("domains"), dict):
+        raise ValueError(f"{path}: expected an object with 'user_prompt' (string) and 'domains' (object)")
+    template = data["user_prompt"]
+    for placeholder in ("{persona}", "{topic}"):
+        if placeholder not in template:
+            raise ValueError(f"{path}: field user_prompt must contain {placeholder}")
+    seeds: list[Seed] = []
+    for domain in domains:
+        entries = data["domains"].get(domain)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: field domains.{domain} is missing (domains here: {', '.join(data['domains'])})")
+        if len(entries) < per_domain:
+            raise ValueError(
+                f"{path}: field domains.{domain} has {len(entries)} seeds, config key "
+                f"'drift.conversations_per_domain' asks for {per_domain}"
+            )
+        for i, entry in enumerate(entries[:per_domain]):
+            where = f"{path}: field domains.{domain}[{i}]"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: expected an object")
+            for key in ("persona", "topic", "opening"):
+                if not isinstance(entry.get(key), str) or not entry[key].strip():
+                    raise ValueError(f"{where}.{key}: expected a non-empty string")
+            seeds.append(Seed(domain, i, entry["persona"], entry["topic"], entry["opening"]))
+    return template, seeds
+
+
+def user_view(template: str, conv: SimConversation) -> list[Message]:
+    """The conversation as the simulated user sees it: its persona as system prompt, roles swapped."""
+    system = template.format(persona=conv.seed.persona, topic=conv.seed.topic)
+    swapped = {"user": "assistant", "assistant": "user"}
+    return [{"role": "system", "content": system}] + [
+        {"role": swapped[m["role"]], "content": m["content"]} for m in conv.messages
+    ]
+
+
+def simulate(
+    model: torch.nn.Module, tokenizer: Any, user_model: torch.nn.Module, user_tokenizer: Any, template: str,
+    seeds: Sequence[Seed], turns: int, assistant_settings: SamplingSettings, user_settings: SamplingSettings,
+    batch_size: int,
+) -> list[SimConversation]:
+    """Run every conversation for ``turns`` exchanges; the first user message is the seed's opening."""
+    convs = [SimConversation(seed) for seed in seeds]
+    for turn in range(1, turns + 1):
+        if turn == 1:
+            user_msgs = [c.seed.opening for c in convs]
+        else:
+            settings = _reseed(user_settings, "user", turn)
+            out = generate_batch(user_model, user_tokenizer, [user_view(template, c) for c in convs], settings, batch_size)
+            user_msgs = [g.text or EMPTY_USER_FALLBACK for g in out]
+            empty = sum(1 for g in out if not g.text)
+            if empty:
+                log.warning("turn %d: the simulated user said nothing in %d conversation(s); used %r", turn, empty, EMPTY_USER_FALLBACK)
+        for conv, text in zip(convs, user_msgs, strict=True):
+            conv.messages.append({"role": "user", "content": text})
+        replies = generate_batch(model, tokenizer, [c.messages for c in convs], _reseed(assistant_settings, "assistant", turn), batch_size)
+        for conv, reply in zip(convs, replies, strict=True):
+            conv.messages.append({"role": "assistant", "content": reply.text})
+        log.info("drift: turn %d/%d done for %d conversations", turn, turns, len(convs))
+    return convs
+
+
+def _reseed(settings: SamplingSettings, who: str, turn: int) -> SamplingSettings:
+    return SamplingSettings(settings.temperature, settings.top_p, settings.max_new_tokens, derive_seed(settings.seed, who, str(turn)))
+
+
+def drift_plot(table: pd.DataFrame, path: str | Path, layer: int, title: str = "") -> None:
+    """Mean projection per turn for each domain (thick) over its individual conversations (thin)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (domain, sub) in enumerate(table.groupby("domain", sort=False)):
+        color = colors[i % len(colors)]
+        for _, conv in sub.groupby("conversation_id"):
+            ax.plot(conv["turn"], conv["projection"], "-", color=color, alpha=0.25, lw=0.8)
+        mean = sub.groupby("turn")["projection"].mean()
+        ax.plot(mean.index, mean.values, "o-", color=color, lw=2, label=f"{domain} (n={sub['conversation_id'].nunique()})")
+    ax.set_xlabel("assistant turn")
+    ax.set_ylabel(f"projection on the Assistant axis (layer {layer})")
+    ax.set_title(title or "Persona drift by conversation domain")
+    ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def drift_experiment(
+    *, model: str, dtype: str, device: str, axis: str, target_layer: int, seeds_file: str, domains: Sequence[str],
+    conversations_per_domain: int, turns: int, max_new_tokens: int, user_max_new_tokens: int, user_model: str,
+    temperature: float, top_p: float, seed: int, batch_size: int, table_out: str, transcripts_out: str,
+    plot_out: str, title: str = "",
+) -> pd.DataFrame:
+    """Simulate, project every assistant turn on the axis, and write the table, transcripts and plot."""
+    if turns < 1 or conversations_per_domain < 1 or not domains:
+        raise ValueError("drift needs at least one domain, one conversation per domain and one turn")
+    template, seeds = load_seeds(seeds_file, domains, conversations_per_domain)
+    ax = load_axis(axis)
+    log.info("drift: %d domains x %d conversations x %d turns with %s (user: %s)",
+             len(domains), conversations_per_domain, turns, model, user_model)
+    lm, tok = load_model(model, dtype=dtype, device=device)
+    user_lm, user_tok = (lm, tok) if user_model == LOCAL_USER else load_model(user_model, dtype=dtype, device=device)
+    convs = simulate(
+        lm, tok, user_lm, user_tok, template, seeds, turns,
+        SamplingSettings(temperature, top_p, max_new_tokens, seed),
+        SamplingSettings(temperature, top_p, user_max_new_tokens, seed),
+        batch_size,
+    )
+    frames = []
+    transcripts = []
+    for n, conv in enumerate(convs, 1):
+        log.info("drift: projecting conversation %d/%d (%s)", n, len(convs), conv.id)
+        rows = project_conversation(lm, tok, conv.messages, ax, target_layer)
+        rows.insert(0, "conversation_id", conv.id)
+        rows.insert(0, "domain", conv.seed.domain)
+        frames.append(rows)
+        transcripts.append(Transcript(conv.messages, {
+            "model": model,
+            "auditor_model": model if user_model == LOCAL_USER else user_model,
+            "domain": conv.seed.domain,
+            "persona_id": conv.seed.index,
+            "persona": conv.seed.persona,
+            "topic": conv.seed.topic,
+            "conversation_id": conv.id,
+            "layer": target_layer,
+            "projections": rows["projection"].tolist(),
+        }).to_json())
+    table = pd.concat(frames, ignore_index=True)
+    write_text(table_out, table.to_csv(index=False))
+    write_json(transcripts_out, transcripts)
+    drift_plot(table, plot_out, target_layer, title=title)
+    summary = table.pivot_table(index="domain", columns="turn", values="projection", aggfunc="mean")
+    log.info("drift: mean projection per domain and turn:\n%s", summary.to_string())
+    return table
