@@ -33,6 +33,14 @@ def tiny_config(**over: Any) -> dict[str, Any]:
         "judge": {"backend": "offline", "model": "heuristic-v1"},
         "role_vectors": {"score": 3, "min_count": 1},
         "capping": {"windows": [[10, 12], [14, 16]], "percentiles": [0.25, 0.5]},
+        "capping_eval": {
+            "percentiles": [0.25],
+            "n_jailbreaks": 4,
+            "n_mc": 8,
+            "n_perplexity": 4,
+            "generation": {"temperature": 0.0, "max_new_tokens": 8, "seed": 0},
+            "batch_size": 8,
+        },
     }
     for key, value in over.items():
         cfg[key] = value
@@ -56,12 +64,14 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 90
 
 
 def planned_jobs(workdir: Path, env: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """(rule, wildcards) of every job a dry run would execute."""
+    """(rule, wildcards) of every job a dry run would execute, read from its job listing."""
     out = snakemake(workdir, "-n", env=env).stdout
-    jobs = []
-    for block in out.split("\n\n"):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+    jobs: list[list[str]] = []
+    for line in out.splitlines():
+        rule = re.match(r"^(?:local)?rule (\w+):", line)
         if rule:
-            wc = re.search(r"wildcards: (.*)$", block, re.M)
-            jobs.append((rule.group(1), wc.group(1) if wc else ""))
-    return jobs
+            jobs.append([rule.group(1), ""])
+        wildcards = re.match(r"^\s+wildcards: (.*)$", line)
+        if wildcards and jobs:
+            jobs[-1][1] = wildcards.group(1)
+    return [(r, wc) for r, wc in jobs]

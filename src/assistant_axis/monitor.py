@@ -273,6 +273,7 @@ def trajectory_plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(table["turn"], table["projection"], "-", color="tab:blue", lw=1.2)
@@ -284,6 +285,7 @@ def trajectory_plot(
     if floor is not None:
         ax.axhline(floor, ls="--", color="tab:red", lw=1, label="capping floor")
     ax.set_xlabel("assistant turn")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"projection on the Assistant axis (layer {layer})")
     ax.set_title(title or "Assistant-axis trajectory")
     if len(win) or floor is not None:

@@ -139,6 +139,7 @@ def drift_plot(table: pd.DataFrame, path: str | Path, layer: int, title: str = "
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -149,6 +150,7 @@ def drift_plot(table: pd.DataFrame, path: str | Path, layer: int, title: str = "
         mean = sub.groupby("turn")["projection"].mean()
         ax.plot(mean.index, mean.values, "o-", color=color, lw=2, label=f"{domain} (n={sub['conversation_id'].nunique()})")
     ax.set_xlabel("assistant turn")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"projection on the Assistant axis (layer {layer})")
     ax.set_title(title or "Persona drift by conversation domain")
     ax.legend(fontsize=8)
