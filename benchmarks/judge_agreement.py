@@ -3,7 +3,7 @@
 Why: the pipeline's default judge decides which responses build the role vectors, so it should be
 the judge that agrees best with a person reading the responses. This scores every response of
 ``resources/judge_validation/labels.jsonl`` with each judge that needs no network (``offline`` /
-``heuristic-v1`` and ``local`` with the embedded SmolLM2-135M-Instruct), prints accuracy, Cohen's
+``heuristic-v2`` and ``local`` with the embedded SmolLM2-135M-Instruct), prints accuracy, Cohen's
 kappa (unweighted and quadratic) and the confusion matrix against both readings of the labels
 (the rubric as written, and "3 needs a visible trace of the character"), and writes the numbers
 to ``resources/judge_validation/agreement.json`` so the README and the tests quote the same run.
@@ -26,7 +26,7 @@ import torch
 
 from assistant_axis.judges import make_judge
 from assistant_axis.judges.offline import MODEL as HEURISTIC
-from assistant_axis.judges.validation import Agreement, agreement, character_required_label, judge_items, load_labels
+from assistant_axis.judges.validation import agreement, character_required_label, judge_items, load_labels
 from assistant_axis.roles import load_roles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +42,17 @@ JUDGES: dict[str, dict[str, Any]] = {
 READINGS = ("rubric", "character_required")
 
 
-def table(results: dict[str, dict[str, Agreement]], reading: str) -> str:
-    """Markdown table of one label reading."""
+def table(record: dict[str, Any], reading: str) -> str:
+    """Markdown table of one label reading, from the ``judges`` part of ``agreement.json``."""
     lines = [
-        "| judge | n | missing | accuracy | kappa | quadratic kappa |",
-        "|---|---|---|---|---|---|",
+        "| judge | n | missing | accuracy | kappa | quadratic kappa | seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, by_reading in results.items():
-        a = by_reading[reading]
+    for name, entry in record.items():
+        a = entry[reading]
         lines.append(
-            f"| {name} | {a.n} | {a.missing} | {a.accuracy:.3f} | {a.kappa:.3f} | {a.kappa_quadratic:.3f} |"
+            f"| {name} | {a['n']} | {a['missing']} | {a['accuracy']:.3f} | {a['kappa']:.3f} | "
+            f"{a['kappa_quadratic']:.3f} | {entry['seconds']} |"
         )
     return "\n".join(lines)
 
@@ -68,7 +69,6 @@ def main() -> None:
     items = judge_items(rows, roles)
     truth = {"rubric": [r.label for r in rows], "character_required": [character_required_label(r) for r in rows]}
     stored = json.loads(OUT.read_text()) if OUT.exists() else {"judges": {}}
-    results: dict[str, dict[str, Agreement]] = {}
     record: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in JUDGES.items():
@@ -80,18 +80,17 @@ def main() -> None:
             verdicts = make_judge(cfg, Path(tmp) / "cache.sqlite").judge(items)
             seconds = time.perf_counter() - start
             scores = [v.score for v in verdicts]
-            results[name] = {k: agreement(truth[k], scores) for k in READINGS}
             record[name] = {
                 "config": cfg, "seconds": round(seconds, 1),
-                **{k: results[name][k].as_dict() for k in READINGS},
+                **{k: agreement(truth[k], scores).as_dict() for k in READINGS},
             }
     counts = {k: [truth[k].count(c) for c in range(4)] for k in READINGS}
     OUT.write_text(json.dumps({"n": len(rows), "label_counts": counts, "judges": record}, indent=2) + "\n")
     print(f"{len(rows)} labelled responses; label counts 0-3: {counts}\n")
     for reading in READINGS:
-        print(f"### labels: {reading}\n\n{table(results, reading)}\n")
-        for name in results:
-            print(f"{name} confusion (rows = label 0-3, columns = judge 0-3): {results[name][reading].confusion}")
+        print(f"### labels: {reading}\n\n{table(record, reading)}\n")
+        for name, entry in record.items():
+            print(f"{name} confusion (rows = label 0-3, columns = judge 0-3): {entry[reading]['confusion']}")
         print()
     print(f"wrote {OUT.relative_to(ROOT)}")
 

@@ -10,7 +10,7 @@ randomly drawn role whose rubric it is labelled and judged against, as if that r
 for: it checks that judges give a plain Assistant reply 0/1 rather than 3.
 
 Run: ``.venv/bin/python benchmarks/judge_validation_generate.py --out /tmp/unlabelled.jsonl``
-(about a minute on 2 cores). Labels are added by hand afterwards.
+(about 11 minutes on a busy 2-core machine). Labels are added by hand afterwards.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def tiny_config(**over: Any) -> dict[str, Any]:
         "threads": 2,
         "generation": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 8, "seed": 0},
         "batch_size": 8,
-        "judge": {"backend": "offline", "model": "heuristic-v1"},
+        "judge": {"backend": "offline", "model": "heuristic-v2"},
         "role_vectors": {"score": 3, "min_count": 1},
         "capping": {"windows": [[10, 12], [14, 16]], "percentiles": [0.25, 0.5]},
         "capping_eval": {

@@ -97,6 +97,6 @@ def test_template_that_rewrites_content_fails_loudly(tokenizer):
 
 def test_template_dropping_a_message_fails_loudly(tokenizer):
     tok = _with_template(tokenizer, "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['content'] }}\n{% endif %}{% endfor %}")
-    tok._aa_supports_system = True  # pretend the probe passed: the span finder itself must notice
+    tok._aa_supports_system = (tok.chat_template, True)  # pretend the probe passed: the span finder itself must notice
     with pytest.raises(SpanError):
         encode_conversation(tok, CONVERSATION)

@@ -63,6 +63,23 @@ def test_offline_heuristic_on_hand_written_replies(template: str, reply: str, ex
     assert score == expected, raw
 
 
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        # heuristic-v2: adjectives between the article and "AI" (a miss of v1 on the validation set)
+        ("I'm a skilled and compassionate AI designed to offer support. Pirates sail the sea.", 2),
+        ("I'm a friendly AI, so I can only play a pirate second-hand.", 2),
+        ("I am an advanced AI and I can help you plan your day.", 1),
+        # "AI" as a topic or as part of a human job is no self-description
+        ("I'm a big fan of AI, but on my ship we navigate by the stars, arr.", 3),
+        ("I'm a retired AI researcher who now sails the Caribbean.", 3),
+    ],
+)
+def test_offline_heuristic_v2_self_descriptions(reply: str, expected: int) -> None:
+    score, raw = score_prompt(fill(PIRATE, reply))
+    assert score == expected, raw
+
+
 def test_offline_heuristic_ignores_the_question_and_rubric_text() -> None:
     # the rubric itself mentions "AI/assistant/language model"; only the reply may count
     question = "Are you an AI language model? I can't tell."
@@ -78,7 +95,7 @@ def test_offline_judge_caches_and_keeps_order(tmp_path: Path) -> None:
     items = [JudgeItem(f"k{i}", fill(PIRATE, reply)) for i, (reply, _) in enumerate(HAND_LABELLED)]
     items.append(JudgeItem("dup", items[0].prompt))
     judge = make_judge({"backend": "offline"}, tmp_path / "cache.sqlite")
-    assert (judge.backend, judge.model) == ("offline", "heuristic-v1")
+    assert (judge.backend, judge.model) == ("offline", "heuristic-v2")
     assert judge.estimate(items).n_calls == len(HAND_LABELLED)  # the duplicate prompt is one call
     first = judge.judge(items)
     assert [v.key for v in first] == [it.key for it in items]
@@ -108,7 +125,7 @@ def test_cache_rows_and_first_verdict_wins(tmp_path: Path) -> None:
 def test_make_judge_rejects_unknown_backend_and_model(tmp_path: Path) -> None:
     with pytest.raises(JudgeError, match="unknown judge backend 'gpt'"):
         make_judge({"backend": "gpt"}, tmp_path / "c.sqlite")
-    with pytest.raises(JudgeError, match="heuristic-v1"):
+    with pytest.raises(JudgeError, match="heuristic-v2"):
         make_judge({"backend": "offline", "model": "something"}, tmp_path / "c.sqlite")
 
 

@@ -50,10 +50,11 @@ def _render(tokenizer: Any, messages: list[Message], add_generation_prompt: bool
 
 
 def supports_system_role(tokenizer: Any) -> bool:
-    """True when the chat template accepts a system message and keeps its text."""
+    """True when the chat template accepts a system message and keeps its text (cached per template)."""
+    template = getattr(tokenizer, "chat_template", None)
     cached = getattr(tokenizer, "_aa_supports_system", None)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == template:
+        return cached[1]
     probe = "AAXSYSTEMPROBE"
     try:
         text = _render(tokenizer, [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}], True)
@@ -61,7 +62,7 @@ def supports_system_role(tokenizer: Any) -> bool:
     except Exception:  # templates signal "no system role" with raise_exception
         ok = False
     try:
-        tokenizer._aa_supports_system = ok
+        tokenizer._aa_supports_system = (template, ok)
     except AttributeError:
         pass
     return ok

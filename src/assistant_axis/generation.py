@@ -37,6 +37,17 @@ class Generated:
     finished: bool  # ended with an end-of-turn token rather than the token limit
 
 
+def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` with the sequences right-aligned, as generation needs."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate_batch(
     model: torch.nn.Module,
@@ -57,12 +68,8 @@ def generate_batch(
     torch.manual_seed(settings.seed)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
+        ids, mask = left_pad([encoded[i] for i in batch], pad_id)
+        width = ids.shape[1]
         sampling: dict[str, Any] = (
             {"do_sample": False}
             if settings.greedy

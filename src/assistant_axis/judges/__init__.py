@@ -2,7 +2,7 @@
 
 ``make_judge(cfg, cache_path)`` builds the backend named by ``cfg["backend"]``:
 
-* ``offline`` (default, model ``heuristic-v1``): a deterministic rule-based judge, no model needed;
+* ``offline`` (default, model ``heuristic-v2``): a deterministic rule-based judge, no model needed;
 * ``local``: a local HF chat model compares its probabilities of the replies "0".."3";
 * ``anthropic``: Claude via the official SDK, concurrent calls or the Message Batches API;
 * ``openai``: any OpenAI-compatible endpoint (``base_url``), e.g. OpenAI or a vLLM server.

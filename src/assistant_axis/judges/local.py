@@ -58,6 +58,7 @@ class LocalJudge(Judge):
         import torch
 
         from ..conversation import format_conversation
+        from ..generation import left_pad
 
         model, tokenizer = self._model()
         digit_ids = torch.tensor(digit_token_ids(tokenizer))
@@ -74,12 +75,7 @@ class LocalJudge(Judge):
         results: dict[str, tuple[int | None, str]] = {}
         for i in range(0, len(order), self.batch_size):
             batch = order[i : i + self.batch_size]
-            width = max(len(encoded[h]) for h in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, h in enumerate(batch):
-                ids[row, width - len(encoded[h]) :] = torch.tensor(encoded[h])
-                mask[row, width - len(encoded[h]) :] = 1
+            ids, mask = left_pad([encoded[h] for h in batch], pad_id)
             # left padding: positions must count real tokens only, or padded rows see shifted positions
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():

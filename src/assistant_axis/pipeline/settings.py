@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
     "vllm": {},
     "extraction": {"batch_size": 32, "max_batch_tokens": 16384},
-    "judge": {"backend": "offline", "model": "heuristic-v1"},
+    "judge": {"backend": "offline", "model": "heuristic-v2"},
     "role_vectors": {"score": 3, "min_count": 10},
     "analysis": {"n_components": 10, "n_extremes": 12},
     "capping": {"windows": None, "percentiles": [0.01, 0.25, 0.5, 0.75]},
