@@ -70,12 +70,13 @@ def calibration_plot(
     """Distribution of role-play vs default projections at one layer, with the calibrated floors."""
     fig, ax = plt.subplots(figsize=(8, 4))
     bins = np.histogram_bin_edges(projections, bins=40)
-    ax.hist(projections[~is_default], bins=bins, alpha=0.6, label="role-play responses", color="tab:red")
-    ax.hist(projections[is_default], bins=bins, alpha=0.6, label="default responses", color="tab:blue")
+    # densities: the default responses are far fewer than the role-play ones
+    ax.hist(projections[~is_default], bins=bins, alpha=0.6, density=True, label=f"role-play responses ({(~is_default).sum()})", color="tab:red")
+    ax.hist(projections[is_default], bins=bins, alpha=0.6, density=True, label=f"default responses ({is_default.sum()})", color="tab:blue")
     for i, (name, value) in enumerate(sorted(floors.items(), key=lambda kv: kv[1])):
         ax.axvline(value, color="k", ls=["-", "--", ":", "-."][i % 4], lw=1, label=f"floor {name}")
     ax.set_xlabel(f"projection on the Assistant axis at layer {layer}")
-    ax.set_ylabel("responses")
+    ax.set_ylabel("density")
     ax.set_title(title or "Capping floors")
     ax.legend(fontsize=8)
     _save(fig, path)
