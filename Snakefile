@@ -9,7 +9,7 @@ from assistant_axis.capping import default_windows
 from assistant_axis.models import get_config
 from assistant_axis.pipeline.layout import shard_names, shard_roles
 from assistant_axis.pipeline.settings import ConfigError, model_settings, validate_config, with_defaults
-from assistant_axis.roles import RoleSetError, list_roles
+from assistant_axis.roles import RoleSetError, select_roles
 
 min_version("9.0")
 
@@ -20,7 +20,7 @@ configfile: "config/config.yaml"
 try:
     validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
     CFG = with_defaults(config)
-    ROLES = list_roles(CFG["roles_dir"]) if CFG["roles"] == "all" else list(CFG["roles"])
+    ROLES = select_roles(CFG["roles_dir"], CFG["roles"])
 except (ConfigError, RoleSetError) as exc:
     raise WorkflowError(str(exc))
 

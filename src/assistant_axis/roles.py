@@ -104,14 +104,21 @@ def list_roles(roles_dir: str | os.PathLike[str]) -> list[str]:
     return names
 
 
-def load_roles(roles_dir: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, Role]:
-    """Load and validate roles (all, or ``names``); raises :class:`RoleSetError` on the first bad file."""
-    roles_dir = Path(roles_dir)
+def select_roles(roles_dir: str | os.PathLike[str], wanted: str | list[str]) -> list[str]:
+    """The config's ``roles`` (``"all"`` or a list) checked against the roles directory."""
     available = list_roles(roles_dir)
-    wanted = available if names is None else names
+    if wanted == "all":
+        return available
     unknown = [n for n in wanted if n not in available]
     if unknown:
         raise RoleSetError(f"{roles_dir}: no role file for {', '.join(unknown[:10])} (config key 'roles')")
+    return list(wanted)
+
+
+def load_roles(roles_dir: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, Role]:
+    """Load and validate roles (all, or ``names``); raises :class:`RoleSetError` on the first bad file."""
+    roles_dir = Path(roles_dir)
+    wanted = select_roles(roles_dir, "all" if names is None else names)
     inst = _instructions_dir(roles_dir)
     return {name: load_role(inst / f"{name}.json") for name in wanted}
 

@@ -37,7 +37,7 @@ rule drift:
         seed=DRIFT["seed"],
         batch_size=CFG["batch_size"],
         title=lambda w: w.model,
-    threads: workflow.cores
+    threads: CFG["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
