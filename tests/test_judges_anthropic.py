@@ -18,7 +18,7 @@ from fakes.api_servers import FakeAnthropic, chars_over_4
 from assistant_axis.judges import BudgetExceededError, JudgeItem, MissingAPIKeyError, VerdictCache, make_judge
 from assistant_axis.judges.api import PRICES_USD_PER_MTOK
 
-SECRET = "sk-ant-test-DO-NOT-LOG-5f1e2d"
+SECRET = "fake-anthropic-key-DO-NOT-LOG-5f1e2d"
 MESSAGES = "POST /v1/messages"
 CREATE = "POST /v1/messages/batches"
 RETRIEVE = "GET /v1/messages/batches/{id}"

@@ -13,7 +13,7 @@ from fakes.api_servers import FakeOpenAI, chars_over_4
 from assistant_axis.judges import BudgetExceededError, JudgeItem, MissingAPIKeyError, VerdictCache, make_judge
 from assistant_axis.judges.api import PRICES_USD_PER_MTOK
 
-SECRET = "sk-openai-test-DO-NOT-LOG-77aa"
+SECRET = "fake-openai-key-DO-NOT-LOG-77aa"
 CHAT = "POST /v1/chat/completions"
 
 

@@ -123,7 +123,7 @@ def test_changing_the_judge_reruns_scoring_and_what_follows_only(done_run, tmp_p
     with FakeAnthropic() as fake:
         cfg = tiny_config(judge={"backend": "anthropic", "model": "claude-haiku-5-5", "base_url": fake.url, "budget_usd": 1.0})
         write_config(work, cfg)
-        env = {"ANTHROPIC_API_KEY": "sk-ant-test-not-a-real-key"}
+        env = {"ANTHROPIC_API_KEY": "fake-anthropic-key-not-real"}
         jobs = planned_jobs(work, env=env)
         rules = {r for r, _ in jobs}
         assert len([r for r, _ in jobs if r == "judge_responses"]) == 2
@@ -136,7 +136,7 @@ def test_changing_the_judge_reruns_scoring_and_what_follows_only(done_run, tmp_p
         snakemake(work, "--forcerun", "judge_responses", env=env)
         assert fake.requests["POST /v1/messages"] == calls
     for log in (work / "results" / "tiny" / "logs").glob("*.log"):
-        assert "sk-ant-test-not-a-real-key" not in log.read_text()
+        assert "fake-anthropic-key-not-real" not in log.read_text()
 
 
 def test_config_errors_name_the_key(tmp_path):
