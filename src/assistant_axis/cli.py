@@ -16,7 +16,11 @@ COMMAND_MODULES: list[str] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="assistant-axis", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="assistant-axis",
+        description="Project conversations on the Assistant Axis, chat while watching it, generate with capping. "
+        "The axis itself is computed by the Snakemake pipeline (see README.md).",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
