@@ -112,9 +112,6 @@ class EncodedConversation:
                 return span
         raise SpanError(f"the conversation has no {role} message")
 
-    def spans_of(self, role: str = "assistant") -> list[tuple[int, int] | None]:
-        return [s for m, s in zip(self.messages, self.spans) if m["role"] == role]
-
 
 def _char_spans(tokenizer: Any, messages: list[Message], text: str, add_generation_prompt: bool) -> list[tuple[int, int] | None]:
     """Character span of each message's visible content inside ``text``."""

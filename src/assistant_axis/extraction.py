@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .conversation import EncodedConversation, Message, encode_conversation
+from .conversation import Message, encode_conversation
 from .layers import check_layer_indices, get_layers
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,6 @@ def mean_activations_for_spans(
         for handle in handles:
             handle.remove()
     return out
-
-
-def encode_responses(tokenizer: Any, conversations: Sequence[list[Message]]) -> list[EncodedConversation]:
-    return [encode_conversation(tokenizer, conv) for conv in conversations]
 
 
 def extract_response_activations(

@@ -11,7 +11,6 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -124,7 +123,3 @@ def read_activations(paths: Sequence[str | Path], roles: Sequence[str] | None = 
     )
     return table.select(KEY_COLUMNS), torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
 
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    meta = pq.read_schema(path).metadata or {}
-    return {k.decode(): v.decode() for k, v in meta.items()}

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from ..axis import compute_axis, compute_pca, cosine_similarity_per_layer, project_all_layers, save_axis
+from ..axis import compute_axis, compute_pca, cosine_similarity_per_layer, load_axis, project_all_layers, save_axis
 from ..capping import calibrate
 from ..plots import axis_layers_plot, calibration_plot, persona_space_plot
 from ..roles import DEFAULT_ROLE
@@ -79,8 +79,6 @@ def persona_space(
     *, vectors: str, axis: str, target_layer: int, n_components: int, output: str, plot: str, layers_plot: str, title: str
 ) -> dict[str, Any]:
     """PCA of mean-centred role vectors at every layer; details at the target layer."""
-    from ..axis import load_axis
-
     ax = load_axis(axis)
     _, roles = load_vectors(vectors)
     names = list(roles)
@@ -88,15 +86,15 @@ def persona_space(
     if len(names) < 2:
         raise ValueError("persona-space PCA needs at least two role vectors")
     per_layer = []
-    for layer in range(stack.shape[1]):
-        pca = compute_pca(stack, layer)
+    pcas = [compute_pca(stack, layer) for layer in range(stack.shape[1])]
+    for layer, pca in enumerate(pcas):
         pc1 = pca.components[0]
         cos = float(cosine_similarity_per_layer(ax[layer : layer + 1], pc1.unsqueeze(0))[0])
         per_layer.append(
             {"layer": layer, "cos_axis_pc1": cos, "abs_cos_axis_pc1": abs(cos), "n_components_70": pca.n_components_for(0.7),
              "axis_norm": float(ax[layer].norm())}
         )
-    pca = compute_pca(stack, target_layer)
+    pca = pcas[target_layer]
     k = min(n_components, pca.transformed.shape[1])
     projections = project_all_layers(stack, ax)[:, target_layer]
     result = {
@@ -119,8 +117,6 @@ def calibrate_capping(
     target_layer: int, config_out: str, reference_out: str, table_out: str, plot_out: str,
 ) -> None:
     """Per-layer floors from every role-play and default response (no judge filter), as in the reference."""
-    from ..axis import load_axis
-
     ax = load_axis(axis)
     keys, acts = read_activations(activations)
     proj = project_all_layers(acts, ax).numpy()
