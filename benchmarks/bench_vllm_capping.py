@@ -23,7 +23,7 @@ from assistant_axis.axis import unit
 from assistant_axis.conversation import build_conversation
 from assistant_axis.generation import Generated, SamplingSettings, generate_batch
 from assistant_axis.models import DEFAULT_MODEL, load_model
-from assistant_axis.vllm_backend import VLLMGenerator
+from assistant_axis.vllm_backend import VLLMEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def main() -> None:
     layers = list(range(start, stop))
 
     t0 = time.perf_counter()
-    gen = VLLMGenerator(args.model, dtype=args.dtype)
+    gen = VLLMEngine(args.model, dtype=args.dtype)
     print(f"vLLM engine start: {time.perf_counter() - t0:.1f} s ({args.prompts} prompts x {args.tokens} tokens, {args.dtype})")
     gen.generate(convs[:4], SamplingSettings(max_new_tokens=8))  # warm-up
 

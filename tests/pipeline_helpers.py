@@ -19,7 +19,7 @@ TINY_ROLES = ["default", "pirate", "ghost", "witch", "poet", "robot"]
 def tiny_config(**over: Any) -> dict[str, Any]:
     """A CI-sized config: 5 roles + default, 1 prompt x 2 questions, 8 new tokens."""
     cfg: dict[str, Any] = {
-        "models": {"tiny": {"model": "embedded:smollm2-135m-instruct", "dtype": "bfloat16", "device": "cpu"}},
+        "models": {"tiny": {"model": "embedded:smollm2-135m-instruct", "dtype": "float32", "device": "cpu"}},
         "roles_dir": str(REPO / "resources" / "roles"),
         "questions_file": str(REPO / "resources" / "extraction_questions.jsonl"),
         "roles": TINY_ROLES,

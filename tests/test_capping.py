@@ -30,12 +30,12 @@ def test_calibration_matches_numpy_percentiles(grid):
     assert [e.id for e in cfg.experiments][:2] == ["layers_2:5-p0.01", "layers_2:5-p0.25"]
     exp = cfg.get("layers_4:8-p0.25")
     assert exp.layers == [4, 5, 6, 7]
-    for inter in exp.interventions:
+    for cap in exp.caps:
         # p0.25 in the role-ward frame = floor at the 75th percentile of Assistant projections
-        assert inter.threshold == pytest.approx(np.percentile(proj[:, inter.layer].numpy(), 75))
-        assert torch.allclose(inter.vector, unit(axis[inter.layer]))
-    low = cfg.get("layers_2:5-p0.75").interventions[0].threshold
-    high = cfg.get("layers_2:5-p0.01").interventions[0].threshold
+        assert cap.floor == pytest.approx(np.percentile(proj[:, cap.layer].numpy(), 75))
+        assert torch.allclose(cap.vector, unit(axis[cap.layer]))
+    low = cfg.get("layers_2:5-p0.75").caps[0].floor
+    high = cfg.get("layers_2:5-p0.01").caps[0].floor
     assert low < high
 
 
@@ -47,8 +47,8 @@ def test_our_format_round_trip(grid, tmp_path):
     assert back.model == "toy" and back.recommended == "layers_2:5-p0.25"
     assert [e.id for e in back.experiments] == [e.id for e in cfg.experiments]
     for a, b in zip(cfg.experiments, back.experiments):
-        for x, y in zip(a.interventions, b.interventions):
-            assert x.layer == y.layer and x.threshold == pytest.approx(y.threshold) and torch.allclose(x.vector, y.vector)
+        for x, y in zip(a.caps, b.caps):
+            assert x.layer == y.layer and x.floor == pytest.approx(y.floor) and torch.allclose(x.vector, y.vector)
 
 
 def test_reference_layout_round_trip(grid, tmp_path):
@@ -58,16 +58,16 @@ def test_reference_layout_round_trip(grid, tmp_path):
     raw = torch.load(path, weights_only=True)  # the reference layout, loadable without unpickling code
     assert set(raw) == {"vectors", "experiments"}
     name = raw["experiments"][0]["interventions"][0]["vector"]
-    inter = cfg.experiments[0].interventions[0]
-    assert raw["vectors"][name]["layer"] == inter.layer
+    cap = cfg.experiments[0].caps[0]
+    assert raw["vectors"][name]["layer"] == cap.layer
     # role-ward vector and ceiling: u = -v, cap = -tau
-    assert torch.allclose(raw["vectors"][name]["vector"], -inter.vector)
-    assert raw["experiments"][0]["interventions"][0]["cap"] == pytest.approx(-inter.threshold)
+    assert torch.allclose(raw["vectors"][name]["vector"], -cap.vector)
+    assert raw["experiments"][0]["interventions"][0]["cap"] == pytest.approx(-cap.floor)
     back = load_capping_config(path)
     for a, b in zip(cfg.experiments, back.experiments):
         assert a.id == b.id
-        for x, y in zip(a.interventions, b.interventions):
-            assert x.layer == y.layer and x.threshold == pytest.approx(y.threshold) and torch.allclose(x.vector, y.vector, atol=1e-6)
+        for x, y in zip(a.caps, b.caps):
+            assert x.layer == y.layer and x.floor == pytest.approx(y.floor) and torch.allclose(x.vector, y.vector, atol=1e-6)
 
 
 def test_reference_file_with_code_is_refused(tmp_path):

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from assistant_axis.capping import calibrate, load_capping_config
+from assistant_axis.capping import Cap, calibrate, load_capping_config
 from assistant_axis.evaluation import (
     Bounds,
     EvalDataError,
@@ -29,7 +29,9 @@ from assistant_axis.evaluation import (
 )
 from assistant_axis.judges import JudgeItem, make_judge
 from assistant_axis.judges.harm import score_harm_prompt
-from assistant_axis.pipeline.capping_eval import evaluate_capping, recommend_capping, select_experiments
+from assistant_axis.models import describe_model
+from assistant_axis.pipeline.evaluate_capping import measure_conditions, recommend_capping, select_experiments
+from assistant_axis.pipeline.model import prepare_model
 from assistant_axis.steering import ActivationSteering
 from assistant_axis.storage import write_parquet
 
@@ -142,12 +144,12 @@ def test_unreachable_floor_leaves_perplexity_unchanged(fp32_model):
                (None, "Name a colour.", "Blue.")]
     plain = response_nll(model, tok, samples, batch_size=2)
     vec = torch.randn(576, generator=torch.Generator().manual_seed(0))
-    with ActivationSteering.from_floors(model, [(10, vec, -1e6), (11, vec, -1e6)]) as steerer:
+    with ActivationSteering.from_caps(model, [Cap.along(10, vec, -1e6), Cap.along(11, vec, -1e6)]) as steerer:
         floored = response_nll(model, tok, samples, batch_size=2)
     assert floored == plain
     tel = steerer.telemetry_summary()
     assert tel[10]["tokens"] > 0 and tel[10]["capped"] == 0
-    with ActivationSteering.from_floors(model, [(10, vec, 1e3)]):
+    with ActivationSteering.from_caps(model, [Cap.along(10, vec, 1e3)]):
         pushed = response_nll(model, tok, samples, batch_size=2)
     assert perplexity(pushed) > perplexity(plain)  # the hooks do act on these forward passes
 
@@ -206,15 +208,17 @@ def test_stage_end_to_end_on_tiny_settings(tmp_path, caplog):
             for i, (role, q, r) in enumerate([("default", "How do plants grow?", "With sunlight and water."),
                                               ("default", "Name a colour.", "Blue."), ("pirate", "Who are you?", "Arr!")])]
     write_parquet(tmp_path / "shard_000.parquet", pa.Table.from_pylist(rows))
+    spec = "embedded:smollm2-135m-instruct"
+    prepare_model(spec=spec, facts=describe_model(spec).as_dict(), output=str(tmp_path / "model.json"))
     kwargs = dict(
         capping_config=str(tmp_path / "capping.safetensors"), responses=[str(tmp_path / "shard_000.parquet")],
-        jailbreaks_file=str(JAILBREAKS), harm_rubric_file=str(RUBRIC), mc_file=str(MC), model="embedded:smollm2-135m-instruct",
+        jailbreaks_file=str(JAILBREAKS), harm_rubric_file=str(RUBRIC), mc_file=str(MC), model_json=str(tmp_path / "model.json"),
         dtype="float32", device="cpu", percentiles=[0.5], n_jailbreaks=3, n_mc=4, mc_scoring="options", n_perplexity=None,
         generation={"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "seed": 0}, batch_size=8, judge={"backend": "offline"},
         judge_cache=str(tmp_path / "judge.sqlite"), harm_threshold=2, cache_dir=str(tmp_path / "cache"),
         details_out=str(tmp_path / "details.parquet"), metrics_out=str(tmp_path / "metrics.csv"),
     )
-    metrics = evaluate_capping(**kwargs)
+    metrics = measure_conditions(**kwargs)
     assert list(metrics["experiment"]) == ["unsteered", "layers_15:17-p0.5", "no_persona"]
     details = pd.read_parquet(tmp_path / "details.parquet")
     assert (details["kind"] == "jailbreak").sum() == 6 and (details["kind"] == "no_persona").sum() == 3
@@ -223,9 +227,9 @@ def test_stage_end_to_end_on_tiny_settings(tmp_path, caplog):
     capped = metrics.set_index("experiment").loc["layers_15:17-p0.5"]
     assert 0 < capped["capped_share"] <= 1 and capped["n_items"] == 3
 
-    with caplog.at_level(logging.INFO, logger="assistant_axis.pipeline.capping_eval"):
-        again = evaluate_capping(**kwargs)  # every condition comes from the cache: no model load, same numbers
-    assert caplog.text.count("from cache") == 2
+    with caplog.at_level(logging.INFO, logger="assistant_axis.pipeline"):
+        again = measure_conditions(**kwargs)  # every condition comes from the cache: no model load, same numbers
+    assert "2 groups cached, 0 to do" in caplog.text and "measured" not in caplog.text
     pd.testing.assert_frame_equal(again, metrics)
 
     best = recommend_capping(

@@ -15,8 +15,8 @@ import torch
 
 from assistant_axis.axis import save_axis
 from assistant_axis.capping import calibrate
-from assistant_axis.chat_cli import meter, sparkline
 from assistant_axis.cli import main
+from assistant_axis.cli.chat import meter, sparkline
 
 EXE = str(Path(sys.executable).with_name("assistant-axis"))
 PROJECTION = r"axis L15: ([+-]\d+\.\d+)"

@@ -13,9 +13,11 @@ import torch
 from pipeline_helpers import REPO, snakemake, tiny_config, write_config
 
 from assistant_axis.axis import save_axis
+from assistant_axis.models import describe_model
 from assistant_axis.monitor import project_conversation
 from assistant_axis.pipeline.drift import drift_experiment, load_seeds, user_view
-from assistant_axis.pipeline.extremes import persona_extremes
+from assistant_axis.pipeline.model import prepare_model
+from assistant_axis.pipeline.persona_space import persona_extremes
 from assistant_axis.transcripts import load_transcript
 
 SEEDS = REPO / "resources" / "drift" / "seeds.json"
@@ -54,8 +56,10 @@ def test_drift_stage_on_a_tiny_setting(tmp_path, fp32_model):
     axis = torch.randn(30, 576, generator=torch.Generator().manual_seed(11))
     save_axis(tmp_path / "axis.safetensors", axis)
     out = tmp_path / "drift"
+    spec = "embedded:smollm2-135m-instruct"
+    prepare_model(spec=spec, facts=describe_model(spec).as_dict(), output=str(tmp_path / "model.json"))
     table = drift_experiment(
-        model="embedded:smollm2-135m-instruct", dtype="float32", device="cpu", axis=str(tmp_path / "axis.safetensors"),
+        model_json=str(tmp_path / "model.json"), dtype="float32", device="cpu", axis=str(tmp_path / "axis.safetensors"),
         target_layer=15, seeds_file=str(SEEDS), domains=["coding", "therapy"], conversations_per_domain=1, turns=2,
         max_new_tokens=8, user_max_new_tokens=8, user_model="local", temperature=0.7, top_p=0.9, seed=0, batch_size=8,
         table_out=str(out / "drift.csv"), transcripts_out=str(out / "transcripts.json"), plot_out=str(out / "drift.png"),
@@ -76,16 +80,14 @@ def test_drift_stage_on_a_tiny_setting(tmp_path, fp32_model):
 
 def test_persona_extremes_from_persona_space(tmp_path):
     roles = [f"role{i}" for i in range(9)] + ["assistant"]
-    pca = tmp_path / "persona_space.json"
-    pca.write_text(json.dumps({"target_layer": 15, "roles": roles, "axis_projection": [float(i) for i in range(10)]}))
-    table = persona_extremes(pca=str(pca), n=3, table_out=str(tmp_path / "x.csv"), plot_out=str(tmp_path / "x.png"), title="t")
+    result = {"target_layer": 15, "roles": roles, "axis_projection": [float(i) for i in range(10)]}
+    table = persona_extremes(result, n=3, table_out=str(tmp_path / "x.csv"), plot_out=str(tmp_path / "x.png"), title="t")
     assert table["role"].tolist() == ["assistant", "role8", "role7", "role2", "role1", "role0"]
     assert table["rank"].tolist() == [1, 2, 3, 8, 9, 10]
     assert pd.read_csv(tmp_path / "x.csv")["group"].tolist()[:1] == ["most Assistant-like"]
     assert (tmp_path / "x.png").stat().st_size > 5_000
-    pca.write_text(json.dumps({"roles": roles}))
-    with pytest.raises(ValueError, match="persona_space.json: missing field 'axis_projection'"):
-        persona_extremes(pca=str(pca), n=3, table_out=str(tmp_path / "y.csv"), plot_out=str(tmp_path / "y.png"))
+    with pytest.raises(ValueError, match="persona space: missing field 'axis_projection'"):
+        persona_extremes({"roles": roles}, n=3, table_out=str(tmp_path / "y.csv"), plot_out=str(tmp_path / "y.png"))
 
 
 def planned_rules(workdir: Path) -> set[str]:
@@ -100,10 +102,10 @@ def test_drift_targets_follow_the_config(tmp_path):
     plain = tmp_path / "plain"
     write_config(plain, tiny_config())
     rules = planned_rules(plain)
-    assert "persona_extremes" in rules and "persona_space" in rules and "drift" not in rules
+    assert "persona_space" in rules and "drift" not in rules
     on = tmp_path / "on"
     write_config(on, tiny_config(drift={"enabled": True, "seeds_file": str(SEEDS), "domains": ["coding"], "turns": 1}))
-    assert {"drift", "persona_extremes"} <= planned_rules(on)
+    assert {"drift", "persona_space"} <= planned_rules(on)
 
 
 def test_default_config_enables_drift():

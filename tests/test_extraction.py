@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from assistant_axis.activations import extract_response_activations, mean_activations_for_spans
 from assistant_axis.conversation import build_conversation, encode_conversation
-from assistant_axis.extraction import extract_response_activations, mean_activations_for_spans
 from assistant_axis.layers import get_layers
 
 CONVERSATIONS = [

@@ -18,6 +18,7 @@ import pytest
 import torch
 from fakes.api_servers import FakeAnthropic
 from pipeline_helpers import REPO, SNAKEMAKE, TINY_ROLES, planned_jobs, snakemake, tiny_config, write_config
+from safetensors.torch import load_file
 
 from assistant_axis.axis import load_axis
 from assistant_axis.capping import load_capping_config
@@ -36,28 +37,55 @@ def done_run(tmp_path_factory) -> Path:
 
 def test_every_stage_produces_its_outputs(done_run):
     res = done_run / "results" / "tiny"
-    axis = torch.load(res / "axis.pt", weights_only=True)["axis"]
+    axis = torch.load(res / "axis" / "axis.pt", weights_only=True)["axis"]
     assert axis.shape == (30, 576)
-    assert torch.equal(load_axis(res / "axis.safetensors"), axis)
-    ref = torch.load(res / "capping_config.pt", weights_only=True)
+    assert torch.equal(load_axis(res / "axis" / "axis.safetensors"), axis)
+    ref = torch.load(res / "calibrate" / "capping_config.pt", weights_only=True)
     assert {e["id"] for e in ref["experiments"]} == {"layers_10:12-p0.25", "layers_10:12-p0.5", "layers_14:16-p0.25", "layers_14:16-p0.5"}
-    assert len(load_capping_config(res / "capping.safetensors").experiments) == 4
-    counts = pd.read_csv(res / "role_counts.csv")
+    assert len(load_capping_config(res / "calibrate" / "capping.safetensors").experiments) == 4
+    counts = pd.read_csv(res / "role_vectors" / "role_counts.csv")
     assert set(counts["role"]) == set(TINY_ROLES)
     assert counts["kept"].any()
-    pca = json.loads((res / "persona_space.json").read_text())
+    pca = json.loads((res / "persona_space" / "persona_space.json").read_text())
     assert len(pca["per_layer"]) == 30 and pca["target_layer"] == 15
-    for plot in ("persona_space.png", "axis_layers.png", "capping_calibration.png"):
-        assert (res / "plots" / plot).stat().st_size > 10_000
+    for plot in ("persona_space/persona_space.png", "persona_space/axis_layers.png", "calibrate/calibration.png"):
+        assert (res / plot).stat().st_size > 10_000
+
+
+def _run_values(res: Path) -> dict[str, torch.Tensor]:
+    """Role vectors, axis and every capping floor of a finished run, as named in tests/data/golden."""
+    values = {f"role_vector.{k}": v for k, v in load_file(str(res / "role_vectors" / "role_vectors.safetensors")).items()}
+    values["axis"] = load_axis(res / "axis" / "axis.safetensors")
+    for exp in load_capping_config(res / "calibrate" / "capping.safetensors").experiments:
+        values[f"floors.{exp.id}"] = torch.tensor([c.floor for c in exp.caps], dtype=torch.float64)
+        values[f"layers.{exp.id}"] = torch.tensor([c.layer for c in exp.caps])
+        values[f"vectors.{exp.id}"] = torch.stack([c.vector for c in exp.caps])
+    return values
+
+
+def test_outputs_equal_the_values_stored_before_the_architecture_change(done_run):
+    """The tiny run gives the texts and numbers the code gave before the stages were reshaped (tests/data/golden)."""
+    res = done_run / "results" / "tiny"
+    golden = REPO / "tests" / "data" / "golden"
+    texts = json.loads((golden / "tiny_run_texts.json").read_text())
+    responses = pd.concat(pd.read_parquet(p) for p in sorted((res / "generate").glob("shard_*.parquet")))
+    assert dict(zip(responses["key"], responses["response"], strict=True)) == texts["responses"]
+    scores = pd.concat(pd.read_parquet(p) for p in sorted((res / "judge").glob("shard_*.parquet")))
+    assert {k: None if pd.isna(v) else int(v) for k, v in zip(scores["key"], scores["score"], strict=True)} == texts["scores"]
+    expected = load_file(str(golden / "tiny_run.safetensors"))
+    values = _run_values(res)
+    assert set(values) == set(expected)
+    for key, want in expected.items():
+        torch.testing.assert_close(values[key].to(want.dtype), want, rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_shards_have_the_documented_layout(done_run):
     res = done_run / "results" / "tiny"
-    responses = pd.concat(pd.read_parquet(p) for p in sorted((res / "responses").glob("shard_*.parquet")))
+    responses = pd.concat(pd.read_parquet(p) for p in sorted((res / "generate").glob("shard_*.parquet")))
     assert len(responses) == 5 * 1 * 2 + 2 * 2  # 5 roles x 1 prompt x 2 questions + default 2 x 2
     assert responses["key"].is_unique
     assert (responses["n_tokens"] <= 8).all()
-    shard = sorted((res / "activations").glob("shard_*.parquet"))[0]
+    shard = sorted((res / "extract").glob("shard_*.parquet"))[0]
     meta = pq.read_schema(shard).metadata
     assert meta[b"model"] == b"embedded:smollm2-135m-instruct" and meta[b"hidden_size"] == b"576"
     assert json.loads(meta[b"layers"]) == list(range(30)) and meta[b"dtype"] == b"float32"
@@ -65,7 +93,7 @@ def test_shards_have_the_documented_layout(done_run):
     assert len(df["layer_015"].iloc[0]) == 576
     n = duckdb.sql(f"SELECT count(*), max(len(layer_000)) FROM '{shard}'").fetchall()[0]
     assert n == (len(df), 576)
-    scores = pd.concat(pd.read_parquet(p) for p in (res / "scores").glob("shard_*.parquet"))
+    scores = pd.concat(pd.read_parquet(p) for p in (res / "judge").glob("shard_*.parquet"))
     assert set(scores["role"]) == set(TINY_ROLES) - {"default"}
     assert scores["score"].dropna().between(0, 3).all()
 
@@ -81,13 +109,13 @@ def test_dry_run_after_complete_run_has_nothing_to_do(done_run):
 def test_report_has_plots_and_tables(done_run):
     snakemake(done_run, "--report", "report.html")
     html = (done_run / "report.html").read_text(errors="replace")
-    for name in ("persona_space.png", "capping_calibration.png", "role_counts.csv"):
+    for name in ("persona_space.png", "calibration.png", "role_counts.csv"):
         assert name in html
 
 
 def _models(jobs: list[tuple[str, str]]) -> set[str]:
     """Model runs named by the jobs' wildcards (jobs without a model wildcard, like `all`, are skipped)."""
-    return {m.group(1) for _, wc in jobs for m in [re.search(r"model=([^,]+)", wc)] if m}
+    return {m.group(1) for _, wc in jobs for m in [re.search(r"run=([^,]+)", wc)] if m}
 
 
 def _copy_run(src: Path, dest: Path) -> Path:
@@ -102,7 +130,7 @@ def test_adding_a_model_runs_only_that_model(done_run, tmp_path):
     write_config(work, cfg)
     jobs = planned_jobs(work)
     assert _models(jobs) == {"other"}
-    assert {r for r, _ in jobs} >= {"generate_responses", "extract_activations", "judge_responses", "compute_axis"}
+    assert {r for r, _ in jobs} >= {"generate", "extract", "judge", "axis"}
 
 
 def test_generation_change_for_one_model_leaves_the_other_alone(done_run, tmp_path):
@@ -110,11 +138,11 @@ def test_generation_change_for_one_model_leaves_the_other_alone(done_run, tmp_pa
     cfg = tiny_config()
     cfg["models"]["other"] = dict(cfg["models"]["tiny"])
     write_config(work, cfg)
-    snakemake(work, "--until", "generate_responses")
+    snakemake(work, "--until", "generate")
     cfg["models"]["other"]["generation"] = {"max_new_tokens": 6}
     write_config(work, cfg)
     jobs = planned_jobs(work)
-    assert len([r for r, _ in jobs if r == "generate_responses"]) == 2  # both shards of 'other'
+    assert len([r for r, _ in jobs if r == "generate"]) == 2  # both shards of 'other'
     assert _models(jobs) == {"other"}
 
 
@@ -126,14 +154,14 @@ def test_changing_the_judge_reruns_scoring_and_what_follows_only(done_run, tmp_p
         env = {"ANTHROPIC_API_KEY": "fake-anthropic-key-not-real"}
         jobs = planned_jobs(work, env=env)
         rules = {r for r, _ in jobs}
-        assert len([r for r, _ in jobs if r == "judge_responses"]) == 2
-        assert "compute_axis" in rules
-        assert not rules & {"generate_responses", "extract_activations", "prepare_model"}
+        assert len([r for r, _ in jobs if r == "judge"]) == 2
+        assert "axis" in rules
+        assert not rules & {"generate", "extract", "model"}
         snakemake(work, env=env)
         calls = fake.requests["POST /v1/messages"]
         assert calls == 10  # one per role-play response, none for default ones
         # a forced rerun of scoring is served from the cache: no new paid call
-        snakemake(work, "--forcerun", "judge_responses", env=env)
+        snakemake(work, "--forcerun", "judge", env=env)
         assert fake.requests["POST /v1/messages"] == calls
     for log in (work / "results" / "tiny" / "logs").glob("*.log"):
         assert "fake-anthropic-key-not-real" not in log.read_text()
@@ -157,7 +185,7 @@ def test_config_errors_name_the_key(tmp_path):
 def test_killed_generation_shard_resumes_without_redoing_finished_roles(tmp_path):
     roles = ["default", "pirate", "ghost", "witch", "poet", "robot", "sage", "chef"]
     cfg = tiny_config(roles=roles, shards=1, batch_size=4, generation={"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 24, "seed": 3})
-    target = "results/tiny/responses/shard_000.parquet"
+    target = "results/tiny/generate/shard_000.parquet"
     # reference: an uninterrupted run
     ref = tmp_path / "ref"
     write_config(ref, cfg)
@@ -165,7 +193,7 @@ def test_killed_generation_shard_resumes_without_redoing_finished_roles(tmp_path
     # interrupted run: kill the whole job as soon as the first role group is in the cache
     work = tmp_path / "work"
     write_config(work, cfg)
-    cache = work / "results" / "tiny" / "cache" / "responses"
+    cache = work / "results" / "tiny" / "cache" / "generate"
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2", target]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
@@ -195,7 +223,7 @@ def test_vllm_backend_generates_the_same_schema(tmp_path, done_run):
     cfg["models"]["tiny"]["backend"] = "vllm"
     cfg["models"]["tiny"]["dtype"] = "float32"
     write_config(tmp_path, cfg)
-    target = "results/tiny/responses/shard_000.parquet"
+    target = "results/tiny/generate/shard_000.parquet"
     snakemake(tmp_path, target)
     vllm_out = pq.read_table(tmp_path / target)
     hf_out = pq.read_table(done_run / target)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from assistant_axis.axis import unit
-from assistant_axis.capping import CappingConfig, apply_floor, calibrate
+from assistant_axis.capping import Cap, CappingConfig, calibrate
 from assistant_axis.conversation import format_conversation
 from assistant_axis.layers import get_layers
 from assistant_axis.steering import ActivationSteering, build_capping_steerer
@@ -91,7 +91,7 @@ def test_floor_holds_at_every_capped_layer_and_spares_position_zero(fp32_model, 
     vecs = {layer: unit(torch.randn(model.config.hidden_size)) for layer in layers}
     base = _block_outputs(model, prompt_ids, layers)
     floors = {layer: float((base[layer][0, 1:] @ vecs[layer]).quantile(0.75)) for layer in layers}
-    steerer = ActivationSteering.from_floors(model, [(layer, vecs[layer], floors[layer]) for layer in layers])
+    steerer = ActivationSteering.from_caps(model, [Cap.along(layer, vecs[layer], floors[layer]) for layer in layers])
     with steerer:
         out = _block_outputs(model, prompt_ids, layers)
     for layer in layers:
@@ -103,11 +103,23 @@ def test_floor_holds_at_every_capped_layer_and_spares_position_zero(fp32_model, 
     assert all(t["capped"] > 0 and t["mean_correction"] > 0 for t in tel.values())
 
 
-def test_apply_floor_math():
+def test_cap_floor_math_and_first_token_mask():
     h = torch.tensor([[3.0, 0.0], [-2.0, 5.0], [0.5, 1.0]])
-    v = torch.tensor([1.0, 0.0])
-    out = apply_floor(h, v, 1.0)
+    cap = Cap(0, torch.tensor([1.0, 0.0]), 1.0)
+    out, deficit = cap.apply(h)
     assert torch.equal(out, torch.tensor([[3.0, 0.0], [1.0, 5.0], [1.0, 1.0]]))
+    assert torch.equal(deficit, torch.tensor([0.0, 3.0, 0.5]))
+    allowed = torch.tensor([True, False, True])
+    out, deficit = cap.apply(h, allowed)
+    assert torch.equal(out[1], h[1]) and torch.equal(deficit, torch.tensor([0.0, 0.0, 0.5]))
+    # the reference form is the same operation: a ceiling -floor on the role-ward vector -v
+    u, ceiling = cap.to_reference()
+    assert torch.equal(u, -cap.vector) and ceiling == -1.0
+    back = Cap.from_reference(0, 3 * u, ceiling)
+    assert torch.allclose(back.vector, cap.vector) and back.floor == cap.floor
+    assert Cap.from_wire(cap.to_wire()).floor == 1.0
+    with pytest.raises(ValueError, match="no direction"):
+        Cap.along(3, torch.zeros(2), 0.0)
 
 
 def test_capping_config_from_calibration_builds_a_steerer(fp32_model, prompt_ids, tmp_path):

@@ -14,13 +14,14 @@ import torch
 
 pytest.importorskip("vllm")
 
+from assistant_axis.activations import extract_response_activations  # noqa: E402
 from assistant_axis.axis import unit  # noqa: E402
+from assistant_axis.capping import Cap  # noqa: E402
 from assistant_axis.conversation import build_conversation, format_conversation  # noqa: E402
-from assistant_axis.extraction import extract_response_activations  # noqa: E402
-from assistant_axis.generation import Generated, SamplingSettings, _eos_ids, generate_batch  # noqa: E402
+from assistant_axis.generation import Generated, SamplingSettings, generate_batch, stop_token_ids  # noqa: E402
 from assistant_axis.models import DEFAULT_MODEL, load_model  # noqa: E402
 from assistant_axis.steering import ActivationSteering  # noqa: E402
-from assistant_axis.vllm_backend import VLLMGenerator  # noqa: E402
+from assistant_axis.vllm_backend import VLLMEngine  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -42,7 +43,7 @@ def _convs(system: str | None) -> list[list[dict[str, str]]]:
     return [build_conversation(system, q) for q in QUESTIONS]
 
 
-def _make_caps(model, tokenizer) -> list[tuple[int, torch.Tensor, float]]:
+def _make_caps(model, tokenizer) -> list[Cap]:
     """Floors on a real (tiny) Assistant axis: default-prompt minus ghost-prompt response means.
 
     The floor at each layer is the 75th percentile of the response-mean projections of both
@@ -58,7 +59,7 @@ def _make_caps(model, tokenizer) -> list[tuple[int, torch.Tensor, float]]:
     caps = []
     for j, layer in enumerate(LAYERS):
         v = unit(axis[j])
-        caps.append((layer, v, float(torch.quantile(everything[:, j] @ v, 0.75))))
+        caps.append(Cap(layer, v, float(torch.quantile(everything[:, j] @ v, 0.75))))
     return caps
 
 
@@ -66,7 +67,7 @@ def _make_caps(model, tokenizer) -> list[tuple[int, torch.Tensor, float]]:
 class Reference:
     """Everything the HF backend computes, done before vLLM starts so the two never share the cores."""
 
-    caps: list[tuple[int, torch.Tensor, float]]
+    caps: list[Cap]
     uncapped: list[Generated]
     capped: list[Generated]
     capped_telemetry: dict[int, dict[str, float]]
@@ -94,17 +95,17 @@ def _reference() -> Reference:
     caps = _make_caps(model, tokenizer)
     convs = _convs(ROLE)
     uncapped = generate_batch(model, tokenizer, convs, GREEDY, batch_size=1)
-    steerer = ActivationSteering.from_floors(model, caps)
+    steerer = ActivationSteering.from_caps(model, caps)
     with steerer:
         capped = generate_batch(model, tokenizer, convs, GREEDY, batch_size=1)
     telemetry = steerer.telemetry_summary()
-    layer, v, _ = caps[2]
+    layer, v = caps[2].layer, caps[2].vector
     with ActivationSteering(model, v, coefficients=STEER_COEFF, layer_indices=layer):
         steered = generate_batch(model, tokenizer, _convs(DEFAULT)[:2], SHORT, batch_size=1)
     # Capture reference: HF capped generation, then one forward over all but the last sampled token.
     counts, means = [], []
-    eos = _eos_ids(model, tokenizer)
-    with ActivationSteering.from_floors(model, caps), torch.no_grad():
+    eos = stop_token_ids(model.generation_config, tokenizer)
+    with ActivationSteering.from_caps(model, caps), torch.no_grad():
         for conv in convs[:2]:
             ids = tokenizer(format_conversation(tokenizer, conv), add_special_tokens=False)["input_ids"]
             seq = model.generate(torch.tensor([ids]), max_new_tokens=SHORT.max_new_tokens, do_sample=False,
@@ -118,7 +119,7 @@ def _reference() -> Reference:
 @pytest.fixture(scope="module")
 def engine(ref: Reference):
     start = time.perf_counter()
-    gen = VLLMGenerator(DEFAULT_MODEL, dtype="float32", max_model_len=1024, kv_cache_gib=1)
+    gen = VLLMEngine(DEFAULT_MODEL, dtype="float32", max_model_len=1024, kv_cache_gib=1)
     print(f"vLLM engine ready in {time.perf_counter() - start:.1f} s")
     yield gen
     gen.close()
@@ -138,7 +139,7 @@ def test_uncapped_matches_hf(ref, engine):
 
 
 def test_unreachable_floor_changes_nothing(ref, engine):
-    engine.set_capping([(layer, v, -1e6) for layer, v, _ in ref.caps])
+    engine.set_capping([Cap(c.layer, c.vector, -1e6) for c in ref.caps])
     floored = engine.generate(_convs(ROLE), GREEDY)
     tel = engine.telemetry()
     engine.clear()
@@ -192,7 +193,7 @@ def test_no_leak_between_capped_and_uncapped_requests(ref, engine):
 
 
 def test_additive_steering_matches_hf(ref, engine):
-    layer, v, _ = ref.caps[2]
+    layer, v = ref.caps[2].layer, ref.caps[2].vector
     engine.set_steering([(layer, v, STEER_COEFF)])
     got = engine.generate(_convs(DEFAULT)[:2], SHORT)
     engine.clear()

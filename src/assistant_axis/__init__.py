@@ -3,6 +3,7 @@
 The public names mirror the reference project's API so its users can switch.
 """
 
+from .activations import extract_response_activations
 from .axis import (
     aggregate_role_vectors,
     axis_norm_per_layer,
@@ -16,7 +17,6 @@ from .axis import (
 )
 from .capping import CappingConfig, load_capping_config
 from .conversation import build_conversation, encode_conversation, format_conversation
-from .extraction import extract_response_activations
 from .generation import generate_response
 from .models import DEFAULT_MODEL, MODEL_CONFIGS, get_config, load_model
 from .steering import ActivationSteering, build_capping_steerer

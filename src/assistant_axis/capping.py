@@ -32,29 +32,78 @@ FORMAT = "assistant-axis-capping/1"
 _EXPERIMENT_ID = re.compile(r"^layers_(\d+):(\d+)-p([0-9.]+)$")
 
 
-def apply_floor(h: torch.Tensor, v: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
-    """Raise the projection of ``h`` (``(..., hidden)``) on unit ``v`` to at least ``tau``."""
-    v = v.to(h.dtype)
-    proj = h @ v
-    deficit = (tau - proj).clamp(min=0.0)
-    return h + deficit.unsqueeze(-1) * v
-
-
 @dataclass
-class CapIntervention:
+class Cap:
+    """One capping intervention in this project's convention, the one object every user shares.
+
+    The HF steerer, the vLLM worker, calibration, evaluation and both file formats all go through
+    it: ``vector`` is the *unit, Assistant-ward* direction at block ``layer`` and ``floor`` the
+    least projection allowed, so after :meth:`apply` ``<h, vector> >= floor`` at every capped
+    position. The reference ceiling on the role-ward vector is :meth:`to_reference` /
+    :meth:`from_reference`; :meth:`to_wire` / :meth:`from_wire` carry it across process boundaries
+    as plain data (vLLM's RPC), so nothing is pickled.
+    """
+
     layer: int
-    vector: torch.Tensor  # unit, Assistant-ward
-    threshold: float  # floor on <h, vector>
+    vector: torch.Tensor  # unit, Assistant-ward, float32
+    floor: float
+
+    @classmethod
+    def along(cls, layer: int, direction: torch.Tensor, floor: float) -> Cap:
+        """A cap on ``direction`` (any length, Assistant-ward), normalised here."""
+        v = direction.detach().float().cpu()
+        norm = float(v.norm())
+        if not norm > 0.0:
+            raise ValueError(f"the capping vector of layer {layer} has no direction (norm {norm})")
+        return cls(int(layer), v / (norm + EPS), float(floor))
+
+    def apply(self, h: torch.Tensor, allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h raised to the floor, deficit)`` for ``h`` of shape ``(..., hidden)``.
+
+        ``allowed`` (bool, ``h.shape[:-1]``) marks the positions the cap may touch; elsewhere the
+        deficit is zero and ``h`` is returned unchanged. The deficit is the correction's length.
+        """
+        v = self.vector.to(device=h.device, dtype=h.dtype)
+        deficit = (self.floor - h @ v).clamp(min=0.0)
+        if allowed is not None:
+            deficit = deficit * allowed
+        return h + deficit.unsqueeze(-1) * v, deficit
+
+    def to_reference(self) -> tuple[torch.Tensor, float]:
+        """The reference form: ``(role-ward unit vector, ceiling)``, i.e. ``(-vector, -floor)``."""
+        return (-self.vector.float()).contiguous(), -float(self.floor)
+
+    @classmethod
+    def from_reference(cls, layer: int, vector: torch.Tensor, ceiling: float) -> Cap:
+        """From the reference ceiling ``<h, u> <= ceiling`` on the role-ward ``vector`` ``u`` (normalised here)."""
+        u = vector.detach().float().cpu()
+        return cls(int(layer), -u / (u.norm() + EPS), -float(ceiling))
+
+    def to_wire(self) -> tuple[int, list[float], float]:
+        return int(self.layer), self.vector.float().cpu().tolist(), float(self.floor)
+
+    @classmethod
+    def from_wire(cls, data: Sequence[Any], device: torch.device | str | None = None) -> Cap:
+        layer, vector, floor = data
+        return cls(int(layer), torch.tensor(vector, dtype=torch.float32, device=device), float(floor))
 
 
 @dataclass
 class CappingExperiment:
+    """Caps applied together (one per layer of a window), and whether position 0 is capped too.
+
+    ``cap_first_token`` is the first-token policy: position 0 carries a massive activation in many
+    models (projections ~100x the rest), and raising it to a floor can wreck generation, so this
+    project skips it unless asked.
+    """
+
     id: str
-    interventions: list[CapIntervention]
+    caps: list[Cap]
+    cap_first_token: bool = False
 
     @property
     def layers(self) -> list[int]:
-        return [i.layer for i in self.interventions]
+        return [c.layer for c in self.caps]
 
 
 @dataclass
@@ -65,6 +114,11 @@ class CappingConfig:
     model: str | None = None
     recommended: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    cap_first_token: bool = False  # the first-token policy of every experiment in the file
+
+    def __post_init__(self) -> None:
+        for exp in self.experiments:
+            exp.cap_first_token = self.cap_first_token
 
     def get(self, experiment: str | int) -> CappingExperiment:
         if isinstance(experiment, int):
@@ -78,10 +132,10 @@ class CappingConfig:
     def vectors_by_layer(self) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
         for exp in self.experiments:
-            for inter in exp.interventions:
-                known = out.setdefault(inter.layer, inter.vector)
-                if not torch.allclose(known, inter.vector, atol=1e-6):
-                    raise ValueError(f"layer {inter.layer} has two different capping vectors")
+            for cap in exp.caps:
+                known = out.setdefault(cap.layer, cap.vector)
+                if not torch.allclose(known, cap.vector, atol=1e-6):
+                    raise ValueError(f"layer {cap.layer} has two different capping vectors")
         return out
 
     # ---- our format: one safetensors file, vectors as tensors, experiments in its metadata ----
@@ -90,10 +144,11 @@ class CappingConfig:
         meta = {
             "format": FORMAT,
             "convention": "floor: h <- h + v*max(tau - <h,v>, 0), v = unit Assistant axis",
+            "first_token": "cap" if self.cap_first_token else "skip",
             "model": self.model or "",
             "recommended": self.recommended or "",
             "experiments": json.dumps(
-                [{"id": e.id, "caps": {str(i.layer): i.threshold for i in e.interventions}} for e in self.experiments]
+                [{"id": e.id, "caps": {str(c.layer): c.floor for c in e.caps}} for e in self.experiments]
             ),
             "metadata": json.dumps(self.metadata),
         }
@@ -112,20 +167,23 @@ class CappingConfig:
                 raise ValueError(f"{path}: not an assistant-axis capping file (metadata 'format' is {meta.get('format')!r})")
             vectors = {int(k.split(".")[1]): f.get_tensor(k) for k in f.keys()}
         experiments = [
-            CappingExperiment(e["id"], [CapIntervention(int(layer), vectors[int(layer)], float(t)) for layer, t in e["caps"].items()])
+            CappingExperiment(e["id"], [Cap(int(layer), vectors[int(layer)], float(t)) for layer, t in e["caps"].items()])
             for e in json.loads(meta["experiments"])
         ]
-        return cls(experiments, meta.get("model") or None, meta.get("recommended") or None, json.loads(meta.get("metadata", "{}")))
+        return cls(
+            experiments, meta.get("model") or None, meta.get("recommended") or None, json.loads(meta.get("metadata", "{}")),
+            cap_first_token=meta.get("first_token", "skip") == "cap",
+        )
 
     # ---- the reference layout ----
     def to_reference(self) -> dict[str, Any]:
         """The reference ``capping_config.pt`` dict (role-ward unit vectors, ceilings)."""
         vectors = {
-            f"layer_{layer}": {"vector": (-vec.float()).contiguous(), "layer": int(layer)}
+            f"layer_{layer}": {"vector": Cap(layer, vec, 0.0).to_reference()[0], "layer": int(layer)}
             for layer, vec in sorted(self.vectors_by_layer().items())
         }
         experiments = [
-            {"id": e.id, "interventions": [{"vector": f"layer_{i.layer}", "cap": -float(i.threshold)} for i in e.interventions]}
+            {"id": e.id, "interventions": [{"vector": f"layer_{c.layer}", "cap": c.to_reference()[1]} for c in e.caps]}
             for e in self.experiments
         ]
         return {"vectors": vectors, "experiments": experiments}
@@ -148,8 +206,7 @@ class CappingConfig:
                 if name not in data["vectors"]:
                     raise ValueError(f"{source}: experiments[{n}] names vector {name!r}, which is not in 'vectors'")
                 entry = data["vectors"][name]
-                u = entry["vector"].float()
-                inters.append(CapIntervention(int(entry["layer"]), -u / (u.norm() + EPS), -float(inter["cap"])))
+                inters.append(Cap.from_reference(int(entry["layer"]), entry["vector"], float(inter["cap"])))
             experiments.append(CappingExperiment(str(exp.get("id", n)), inters))
         return cls(experiments)
 
@@ -194,10 +251,7 @@ def calibrate(
         for p in percentiles:
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"capping percentile {p} is not within [0, 1]")
-            inters = [
-                CapIntervention(layer, vectors[layer], float(np.quantile(proj[:, layer], 1.0 - p)))
-                for layer in range(start, stop)
-            ]
+            inters = [Cap(layer, vectors[layer], float(np.quantile(proj[:, layer], 1.0 - p))) for layer in range(start, stop)]
             experiments.append(CappingExperiment(experiment_id(start, stop, p), inters))
     return CappingConfig(experiments, model=model)
 

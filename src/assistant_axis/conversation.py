@@ -187,3 +187,24 @@ def encode_conversation(
             )
         spans.append(span)
     return EncodedConversation(text=text, input_ids=ids, messages=prepared, spans=spans)
+
+
+def end_of_turn_ids(tokenizer: Any) -> list[int]:
+    """Special token(s) the chat template writes right after an assistant message (cached per template).
+
+    Read off a rendering, not from a list of model names: ``<|im_end|>`` for ChatML, ``<|eot_id|>``
+    for Llama 3, ``<end_of_turn>`` for Gemma. Generation stops on them as on the EOS token.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    cached = getattr(tokenizer, "_aa_end_of_turn", None)
+    if cached is not None and cached[0] == template:
+        return list(cached[1])
+    enc = encode_conversation(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}])
+    span = enc.spans[-1]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    found = [] if span is None else [tok for tok in enc.input_ids[span[1] :] if tok in special][:1]
+    try:
+        tokenizer._aa_end_of_turn = (template, found)
+    except AttributeError:
+        pass
+    return list(found)

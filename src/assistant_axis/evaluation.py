@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .batching import length_batches, pad_sequences
 from .conversation import Message, build_conversation, encode_conversation, format_conversation
 from .judges import JudgeItem
 
@@ -147,17 +148,6 @@ def harm_items(rubric: str, keys: Sequence[str], requests: Sequence[str], replie
     ]
 
 
-def _right_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right padding keeps position ids plain (0..n-1), so caps skip the same first position as in generation."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -177,10 +167,8 @@ def response_nll(
         encoded.append((enc.input_ids, enc.span_of_last("assistant")))
     device = next(model.parameters()).device
     out: list[tuple[float, int] | None] = [None] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        ids, mask = _right_padded([encoded[i][0] for i in batch], _pad_id(tokenizer))
+    for batch in length_batches([len(ids) for ids, _ in encoded], batch_size):
+        ids, mask = pad_sequences([encoded[i][0] for i in batch], _pad_id(tokenizer), side="right")
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for row, i in enumerate(batch):
             a, b = encoded[i][1]
@@ -218,7 +206,7 @@ def mc_letter_logprobs(model: torch.nn.Module, tokenizer: Any, items: Sequence[M
     out = np.zeros((len(items), len(LETTERS)))
     for start in range(0, len(items), batch_size):
         rows = prompts[start : start + batch_size]
-        ids, mask = _right_padded(rows, _pad_id(tokenizer))
+        ids, mask = pad_sequences(rows, _pad_id(tokenizer), side="right")
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         last = torch.tensor([len(r) - 1 for r in rows], device=device)
         logp = torch.log_softmax(logits[torch.arange(len(rows), device=device), last].float(), dim=-1)

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .conversation import Message, format_conversation
+from .batching import length_batches, pad_sequences
+from .conversation import Message, end_of_turn_ids, format_conversation
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,6 @@ class Generated:
     finished: bool  # ended with an end-of-turn token rather than the token limit
 
 
-def left_pad(seqs: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` with the sequences right-aligned, as generation needs."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def generate_batch(
     model: torch.nn.Module,
@@ -60,15 +50,14 @@ def generate_batch(
     """Generate one assistant reply for each conversation (which must end with a user turn)."""
     prompts = [format_conversation(tokenizer, conv, add_generation_prompt=True) for conv in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[Generated | None] = [None] * len(prompts)
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = stop_token_ids(getattr(model, "generation_config", None), tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     device = next(model.parameters()).device
     torch.manual_seed(settings.seed)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = length_batches([len(e) for e in encoded], batch_size)
     for batch in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-        ids, mask = left_pad([encoded[i] for i in batch], pad_id)
+        ids, mask = pad_sequences([encoded[i] for i in batch], pad_id, side="left")
         width = ids.shape[1]
         sampling: dict[str, Any] = (
             {"do_sample": False}
@@ -92,16 +81,13 @@ def generate_batch(
     return [r for r in results if r is not None]
 
 
-def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
+def stop_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """Where a reply ends: the generation config's EOS ids, the tokenizer's EOS and the template's end of turn."""
     ids: list[int] = []
-    cfg = getattr(model, "generation_config", None)
-    eos = getattr(cfg, "eos_token_id", None)
-    for value in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]:
+    eos = getattr(generation_config, "eos_token_id", None)
+    for value in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id] + end_of_turn_ids(tokenizer):
         if value is not None and value not in ids:
             ids.append(int(value))
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    if end_of_turn is not None and end_of_turn not in ids:
-        ids.append(end_of_turn)
     return ids
 
 

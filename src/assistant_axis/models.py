@@ -14,6 +14,7 @@ Model specs accepted everywhere in the project:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -36,13 +37,13 @@ DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """What the project needs to know about a model beyond its weights."""
+class ModelFacts:
+    """What the project needs to know about a model beyond its weights (the content of ``model.json``)."""
 
     name: str
     short_name: str
     total_layers: int
-    target_layer: int
+    target_layer: int  # the model's default target layer (paper's choice, or the middle layer)
     hidden_size: int | None = None
     capping_experiment: str | None = None
     capping_config: str | None = None
@@ -53,8 +54,9 @@ class ModelConfig:
         d.update(d.pop("extra"))
         return {k: v for k, v in d.items() if v is not None}
 
-    def __getitem__(self, key: str) -> Any:  # dict-style access, as in the reference API
-        return self.as_dict()[key]
+
+class ModelNotFoundError(ValueError):
+    """A model reference names no local folder, no embedded model and no cached hub model."""
 
 
 # The paper's three models (target layers and recommended capping experiments from the paper's
@@ -86,30 +88,70 @@ def _short_name_from_id(name: str) -> str:
     return base.split("-")[0] or base
 
 
-def get_config(model_name: str, hf_config: Any | None = None) -> ModelConfig:
-    """Return the project config of a model: built in for known models, else inferred.
+def _looks_local(spec: str) -> bool:
+    """A path rather than a hub id: absolute, relative with ./ or ../, or with more than one slash."""
+    return spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1 or os.path.isdir(os.path.expanduser(spec))
 
-    Unknown models get the middle layer as target layer and no capping experiment; their layer
-    count comes from ``hf_config`` (a transformers config) or from ``AutoConfig``.
+
+def read_model_config(spec: str) -> dict[str, Any]:
+    """The ``config.json`` of a local folder or of a hub model in the local HF cache, as a dict.
+
+    Never loads weights and never waits on the network when ``HF_HUB_OFFLINE=1``: a hub id that is
+    not cached is one clear error. Online, the file alone is downloaded.
     """
-    if model_name in MODEL_CONFIGS:
-        return ModelConfig(name=model_name, **MODEL_CONFIGS[model_name])
-    if hf_config is None:
-        from transformers import AutoConfig
+    if _looks_local(spec):
+        folder = Path(os.path.expanduser(spec))
+        if not folder.is_dir():
+            raise ModelNotFoundError(f"model folder {spec} does not exist (a local model needs config.json and weights there)")
+        config = folder / "config.json"
+        if not config.is_file():
+            raise ModelNotFoundError(f"model folder {spec} has no config.json: not a transformers model folder")
+        return json.loads(config.read_text())
+    from huggingface_hub import try_to_load_from_cache
 
-        hf_config = AutoConfig.from_pretrained(resolve_model_path(model_name))
-    text_config = getattr(hf_config, "text_config", None) or hf_config
-    layers = getattr(text_config, "num_hidden_layers", None) or getattr(text_config, "n_layer", None)
-    hidden = getattr(text_config, "hidden_size", None) or getattr(text_config, "n_embd", None)
-    if layers is None:
-        raise ValueError(f"{model_name}: cannot infer the number of layers from its config; add it to MODEL_CONFIGS")
-    return ModelConfig(
-        name=model_name,
-        short_name=_short_name_from_id(model_name),
-        total_layers=int(layers),
-        target_layer=int(layers) // 2,
-        hidden_size=int(hidden) if hidden else None,
+    cached = try_to_load_from_cache(spec, "config.json")
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text())
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise ModelNotFoundError(
+            f"model {spec} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1: download it first "
+            f"(`hf download {spec}`), or point the config at a local folder"
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(spec, "config.json")).read_text())
+    except Exception as exc:  # hub errors: not found, gated, no network
+        raise ModelNotFoundError(f"model {spec}: cannot read its config.json from the hub ({type(exc).__name__}: {exc})") from exc
+
+
+def describe_model(spec: str, hf_config: dict[str, Any] | None = None) -> ModelFacts:
+    """The facts of a model: built in for known models, else read from its ``config.json`` (never weights).
+
+    Unknown models get the middle layer as target layer and no capping experiment.
+    """
+    if spec in MODEL_CONFIGS:
+        return ModelFacts(name=spec, **MODEL_CONFIGS[spec])
+    if spec.startswith(EMBEDDED_PREFIX):
+        _embedded_gguf(spec[len(EMBEDDED_PREFIX) :])  # names the known embedded models
+    config = hf_config if hf_config is not None else read_model_config(spec)
+    text = config.get("text_config") or config
+    layers = text.get("num_hidden_layers") or text.get("n_layer")
+    hidden = text.get("hidden_size") or text.get("n_embd")
+    if not layers:
+        raise ValueError(f"{spec}: its config.json states no num_hidden_layers; add the model to MODEL_CONFIGS")
+    extra = {k: text[k] for k in ("max_position_embeddings",) if text.get(k)}
+    if config.get("architectures"):
+        extra["architecture"] = config["architectures"][0]
+    return ModelFacts(
+        name=spec, short_name=_short_name_from_id(spec), total_layers=int(layers), target_layer=int(layers) // 2,
+        hidden_size=int(hidden) if hidden else None, extra=extra,
     )
+
+
+def get_config(model_name: str) -> dict[str, Any]:
+    """Reference API: a copy of the model's facts as a dict (``target_layer``, ``total_layers``, ``short_name``...)."""
+    return describe_model(model_name).as_dict()
 
 
 def cache_dir() -> Path:
@@ -169,7 +211,9 @@ def resolve_model_path(spec: str) -> str:
         if not (dest / "model.safetensors").exists():
             convert_embedded_model(key, dest)
         return str(dest)
-    return spec
+    if _looks_local(spec) and not os.path.isdir(os.path.expanduser(spec)):
+        raise ModelNotFoundError(f"model folder {spec} does not exist (a local model needs config.json and weights there)")
+    return os.path.expanduser(spec) if _looks_local(spec) else spec
 
 
 def pick_device(device: str = "auto") -> str:

@@ -13,22 +13,18 @@ Rows say which turns were windowed and where their window started.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from .axis import load_axis, unit
+from .activations import layer_column, sequence_span_means
+from .axis import unit
 from .conversation import EncodedConversation, Message, encode_conversation
 from .layers import check_layer_indices, get_layers
-from .pipeline.layout import layer_column
-from .storage import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -115,61 +111,6 @@ def _group_passes(plans: Sequence[TurnPlan]) -> list[_Pass]:
     return passes
 
 
-class _Stop(Exception):
-    """Raised by the deepest hook: the rest of the forward pass is not needed."""
-
-
-@torch.no_grad()
-def span_means(
-    model: torch.nn.Module,
-    ids: Sequence[int],
-    spans: Sequence[tuple[int, int] | None],
-    layers: Sequence[int],
-    layers_path: str | None = None,
-) -> torch.Tensor:
-    """Mean block output over each span of one sequence in one forward pass: ``(n_spans, n_layers, hidden)``.
-
-    Each hook reduces its layer to the span means at once, so memory never holds the full
-    ``layers x seq x hidden`` stack of a long conversation. Empty spans (``None``) give NaN rows.
-    """
-    blocks = get_layers(model, layers_path)
-    layer_list = check_layer_indices(list(layers), len(blocks))
-    device = next(model.parameters()).device
-    weights = torch.zeros((len(spans), len(ids)), dtype=torch.float32)
-    for row, span in enumerate(spans):
-        if span is not None:
-            weights[row, span[0] : span[1]] = 1.0 / (span[1] - span[0])
-    weights = weights.to(device)
-    hidden = model.config.get_text_config().hidden_size
-    out = torch.zeros((len(spans), len(layer_list), hidden))
-    deepest = max(layer_list)
-
-    def make_hook(layer: int):
-        def hook(_module, _inputs, output):
-            h = output[0] if isinstance(output, tuple) else output
-            means = (weights @ h[0].float()).cpu()
-            for slot, wanted in enumerate(layer_list):
-                if wanted == layer:
-                    out[:, slot] = means
-            if layer == deepest:
-                raise _Stop
-
-        return hook
-
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in sorted(set(layer_list))]
-    try:
-        model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    for row, span in enumerate(spans):
-        if span is None:
-            out[row] = float("nan")
-    return out
-
-
 def default_max_tokens(model: torch.nn.Module) -> int:
     """The model's context length (``max_position_embeddings``), the default windowing budget."""
     cfg = model.config.get_text_config()
@@ -211,7 +152,7 @@ def project_conversation(
     rows: list[dict[str, Any]] = []
     for n, p in enumerate(passes, 1):
         log.info("projection pass %d/%d: %d tokens, %d turn(s)", n, len(passes), len(p.ids), len(p.plans))
-        means = span_means(model, p.ids, [pl.span for pl in p.plans], layer_list, layers_path)
+        means = sequence_span_means(model, p.ids, [pl.span for pl in p.plans], layer_list, layers_path)
         proj = torch.einsum("sld,ld->sl", means, directions)
         for pl, values in zip(p.plans, proj, strict=True):
             row: dict[str, Any] = {
@@ -230,66 +171,3 @@ def project_conversation(
     if windowed:
         log.info("turns %s did not fit %d tokens with the whole history and were windowed", windowed, budget)
     return pd.DataFrame(rows, columns=ROW_COLUMNS + [c for c in (rows[0] if rows else {}) if c not in ROW_COLUMNS])
-
-
-@dataclass
-class AxisSource:
-    """Where an axis came from, and the model and layer that go with it."""
-
-    axis: torch.Tensor
-    path: Path
-    model: str | None  # model spec recorded by the run (None for a bare --axis file)
-    target_layer: int | None
-
-
-def resolve_axis(axis: str | None, run: str | None, results_dir: str | os.PathLike[str] = "results") -> AxisSource:
-    """``--axis FILE`` or ``--run NAME`` (``results/NAME/axis.safetensors`` with the run's ``model.json``)."""
-    if (axis is None) == (run is None):
-        runs = sorted(p.parent.name for p in Path(results_dir).glob("*/axis.safetensors"))
-        hint = f" (runs with an axis under {results_dir}/: {', '.join(runs)})" if runs else ""
-        raise ValueError(f"give exactly one of --axis FILE or --run NAME{hint}")
-    if axis is not None:
-        path = Path(axis)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such axis file")
-        return AxisSource(load_axis(path), path, None, None)
-    folder = Path(results_dir) / str(run)
-    path, info_path = folder / "axis.safetensors", folder / "model.json"
-    for needed in (path, info_path):
-        if not needed.exists():
-            raise FileNotFoundError(f"{needed}: missing; run the pipeline for run {run!r} first (snakemake)")
-    info = json.loads(info_path.read_text())
-    for key in ("spec", "target_layer"):
-        if key not in info:
-            raise ValueError(f"{info_path}: missing field '{key}'")
-    return AxisSource(load_axis(path), path, str(info["spec"]), int(info["target_layer"]))
-
-
-def trajectory_plot(
-    table: pd.DataFrame, path: str | os.PathLike[str], layer: int, title: str = "", floor: float | None = None
-) -> None:
-    """Projection per assistant turn; windowed turns are drawn hollow, a capping floor as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(table["turn"], table["projection"], "-", color="tab:blue", lw=1.2)
-    full = table[~table["windowed"].astype(bool)]
-    win = table[table["windowed"].astype(bool)]
-    ax.plot(full["turn"], full["projection"], "o", color="tab:blue", label="whole history")
-    if len(win):
-        ax.plot(win["turn"], win["projection"], "o", mfc="white", color="tab:blue", label="windowed context")
-    if floor is not None:
-        ax.axhline(floor, ls="--", color="tab:red", lw=1, label="capping floor")
-    ax.set_xlabel("assistant turn")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"projection on the Assistant axis (layer {layer})")
-    ax.set_title(title or "Assistant-axis trajectory")
-    if len(win) or floor is not None:
-        ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)

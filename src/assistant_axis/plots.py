@@ -1,4 +1,9 @@
-"""Figures a person would rather look at than read: persona space, axis per layer, capping floors."""
+"""Figures a person would rather look at than read, and the one routine that saves them.
+
+Every figure of the project is drawn here and written by :func:`save_figure` (atomically, PNG):
+persona space, the axis across layers, the roles at both ends of the axis, capping floors, the
+capping Pareto plot, a conversation's trajectory and the drift experiment.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .storage import atomic_path  # noqa: E402
 
 
-def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``fig`` as a PNG at ``path`` (temporary name, then rename) and free it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -46,7 +54,7 @@ def persona_space_plot(result: dict[str, Any], path: str | os.PathLike[str], tit
     ax2.set_title(f"{result['n_components_70']} components reach 70%")
     ax2.legend()
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def axis_layers_plot(per_layer: Sequence[dict[str, Any]], path: str | os.PathLike[str], target_layer: int, title: str = "") -> None:
@@ -61,7 +69,7 @@ def axis_layers_plot(per_layer: Sequence[dict[str, Any]], path: str | os.PathLik
     ax2.set_ylim(0, 1)
     ax1.axvline(target_layer, ls="--", color="grey", lw=0.8)
     ax1.set_title(title or "Assistant axis across layers")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def calibration_plot(
@@ -79,7 +87,7 @@ def calibration_plot(
     ax.set_ylabel("density")
     ax.set_title(title or "Capping floors")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def capping_pareto_plot(
@@ -118,4 +126,58 @@ def capping_pareto_plot(
         ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("harmful share change vs unsteered (points)")
     fig.suptitle(title or "Capping: harm against capability")
-    _save(fig, path)
+    save_figure(fig, path)
+
+
+def persona_extremes_plot(extremes: pd.DataFrame, table: pd.DataFrame, layer: int, path: str | os.PathLike[str], title: str = "") -> None:
+    """Bar chart of the roles at both ends of the axis (``extremes``), within all roles (``table``)."""
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(extremes) + 1.5))
+    colors = ["tab:blue" if g == "most Assistant-like" else "tab:red" for g in extremes["group"]]
+    ax.barh(range(len(extremes)), extremes["projection"], color=colors)
+    ax.set_yticks(range(len(extremes)), [f"{r}  (#{i})" for r, i in zip(extremes["role"], extremes["rank"], strict=True)], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(table["projection"].median(), ls="--", color="grey", lw=0.8, label="median role")
+    ax.set_xlabel(f"projection of the role vector on the Assistant axis (layer {layer})")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
+
+
+def trajectory_plot(
+    table: pd.DataFrame, path: str | os.PathLike[str], layer: int, title: str = "", floor: float | None = None
+) -> None:
+    """Projection per assistant turn; windowed turns are drawn hollow, a capping floor as a dashed line."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(table["turn"], table["projection"], "-", color="tab:blue", lw=1.2)
+    full = table[~table["windowed"].astype(bool)]
+    win = table[table["windowed"].astype(bool)]
+    ax.plot(full["turn"], full["projection"], "o", color="tab:blue", label="whole history")
+    if len(win):
+        ax.plot(win["turn"], win["projection"], "o", mfc="white", color="tab:blue", label="windowed context")
+    if floor is not None:
+        ax.axhline(floor, ls="--", color="tab:red", lw=1, label="capping floor")
+    ax.set_xlabel("assistant turn")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"projection on the Assistant axis (layer {layer})")
+    ax.set_title(title or "Assistant-axis trajectory")
+    if len(win) or floor is not None:
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def drift_plot(table: pd.DataFrame, path: str | os.PathLike[str], layer: int, title: str = "") -> None:
+    """Mean projection per turn for each domain (thick) over its individual conversations (thin)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (domain, sub) in enumerate(table.groupby("domain", sort=False)):
+        color = colors[i % len(colors)]
+        for _, conv in sub.groupby("conversation_id"):
+            ax.plot(conv["turn"], conv["projection"], "-", color=color, alpha=0.25, lw=0.8)
+        mean = sub.groupby("turn")["projection"].mean()
+        ax.plot(mean.index, mean.values, "o-", color=color, lw=2, label=f"{domain} (n={sub['conversation_id'].nunique()})")
+    ax.set_xlabel("assistant turn")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"projection on the Assistant axis (layer {layer})")
+    ax.set_title(title or "Persona drift by conversation domain")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

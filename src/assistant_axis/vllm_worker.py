@@ -27,13 +27,9 @@ from typing import Any
 
 import torch
 
+from .activations import pool_tokens
+from .capping import Cap
 from .layers import check_layer_indices, get_layers
-
-
-@dataclass
-class _Cap:
-    vector: torch.Tensor  # unit, Assistant-ward, float32
-    floor: float
 
 
 @dataclass
@@ -48,8 +44,7 @@ class _Step:
     """Which flat token rows of the current forward pass are response tokens, and whose."""
 
     n_tokens: int
-    resp_rows: torch.Tensor | None = None  # flat row index of each response token
-    resp_owner: torch.Tensor | None = None  # index into resp_req_ids for each of those rows
+    weights: torch.Tensor | None = None  # (n_resp_reqs, n_tokens): 1 where a token is a response token of that request
     resp_req_ids: list[str] = field(default_factory=list)
     resp_counts: list[int] = field(default_factory=list)
     last_pos: list[int] = field(default_factory=list)  # highest response position per request
@@ -60,7 +55,7 @@ class _AxisState:
     """Interventions, telemetry and capture buffers of one worker."""
 
     def __init__(self) -> None:
-        self.caps: dict[int, list[_Cap]] = {}
+        self.caps: dict[int, list[Cap]] = {}
         self.additions: dict[int, list[torch.Tensor]] = {}
         self.cap_first_token = False
         self.capture_layers: list[int] = []
@@ -96,7 +91,7 @@ class AxisWorkerExtension:
     ) -> int:
         """Replace every intervention at once and restart telemetry; returns how many layers are hooked.
 
-        ``caps``: ``(layer, unit Assistant-ward vector, floor)``; ``additions``: ``(layer, vector,
+        ``caps``: :meth:`Cap.to_wire` triples ``(layer, unit Assistant-ward vector, floor)``; ``additions``: ``(layer, vector,
         coefficient)``, added at every position before the caps of the same layer act, so a floor
         still holds after steering.
         """
@@ -105,9 +100,10 @@ class AxisWorkerExtension:
         device = next(self.model_runner.model.parameters()).device
         n_layers = len(blocks)
         state.caps, state.additions = {}, {}
-        for layer, vec, floor in caps:
-            (idx,) = check_layer_indices([int(layer)], n_layers)
-            state.caps.setdefault(idx, []).append(_Cap(torch.tensor(vec, dtype=torch.float32, device=device), float(floor)))
+        for wire in caps:
+            cap = Cap.from_wire(wire, device)
+            (idx,) = check_layer_indices([cap.layer], n_layers)
+            state.caps.setdefault(idx, []).append(cap)
         for layer, vec, coeff in additions:
             (idx,) = check_layer_indices([int(layer)], n_layers)
             state.additions.setdefault(idx, []).append(float(coeff) * torch.tensor(vec, dtype=torch.float32, device=device))
@@ -179,7 +175,7 @@ class AxisWorkerExtension:
         if positions is None:
             return
         positions = positions[: step.n_tokens].cpu()
-        rows, owners = [], []
+        rows: list[torch.Tensor] = []
         for i, rid in enumerate(batch.req_ids[:num_reqs]):
             start, stop = qsl[i], qsl[i + 1]
             first = max(int(batch.num_prompt_tokens[i]), state.next_pos.get(rid, 0))
@@ -188,19 +184,19 @@ class AxisWorkerExtension:
             if sel.numel() == 0:
                 continue
             rows.append(sel + start)
-            owners.append(torch.full((sel.numel(),), len(step.resp_req_ids), dtype=torch.long))
             step.resp_req_ids.append(rid)
             step.resp_counts.append(int(sel.numel()))
             step.last_pos.append(int(pos[sel[-1]]))
         if rows:
-            step.resp_rows = torch.cat(rows)
-            step.resp_owner = torch.cat(owners)
+            step.weights = torch.zeros((len(rows), step.n_tokens), dtype=torch.float32)
+            for owner, selected in enumerate(rows):
+                step.weights[owner, selected] = 1.0
 
     def _axis_fold_step(self) -> None:
         """Add the previous step's per-request partial sums into the per-request totals."""
         state = self._axis()
         step, state.step = state.step, None
-        if step is None or step.resp_owner is None or len(step.partial) != len(state.capture_layers):
+        if step is None or step.weights is None or len(step.partial) != len(state.capture_layers):
             return
         stacked = torch.stack([step.partial[layer] for layer in state.capture_layers], dim=1).cpu()
         for i, rid in enumerate(step.resp_req_ids):
@@ -227,22 +223,16 @@ class AxisWorkerExtension:
                 allowed = positions[: x.shape[0]] != 0 if not state.cap_first_token else None
                 tel = state.telemetry[layer]
                 for cap in caps:
-                    deficit = (cap.floor - x @ cap.vector).clamp(min=0.0)
-                    if allowed is not None:
-                        deficit = deficit * allowed
-                    delta = deficit.unsqueeze(-1) * cap.vector
-                    h = h + delta
-                    x = x + delta
+                    x, deficit = cap.apply(x, allowed)
+                    h = h + deficit.unsqueeze(-1) * cap.vector.to(h.device)
                     real = deficit[:n]
                     tel.tokens += int(n if allowed is None else allowed[:n].sum())
                     acted = real > 0
                     tel.capped += int(acted.sum())
                     tel.correction_sum += float(real[acted].sum())
-            if step is not None and step.resp_rows is not None and layer in state.capture_layers:
-                sums = torch.zeros(len(step.resp_req_ids), x.shape[-1], dtype=torch.float32, device=x.device)
-                rows = step.resp_rows.to(x.device)
-                sums.index_add_(0, step.resp_owner.to(x.device), x[rows])
-                step.partial[layer] = sums
+            if step is not None and step.weights is not None and layer in state.capture_layers:
+                weights = step.weights.to(x.device).unsqueeze(0)
+                step.partial[layer] = pool_tokens(x[: step.n_tokens].unsqueeze(0), weights)[0]
             if layer not in state.caps and layer not in state.additions:
                 return None
             return h.to(hidden.dtype), residual

@@ -1,20 +1,20 @@
-rule judge_responses:
+rule judge:
     """Role-adherence scores 0-3; every verdict is cached, so reruns never pay twice."""
     input:
-        responses=RESULTS + "/{model}/responses/shard_{shard}.parquet",
+        responses=L.shard("generate"),
     output:
-        RESULTS + "/{model}/scores/shard_{shard}.parquet",
+        L.shard("judge"),
     params:
         roles_dir=CFG["roles_dir"],
-        judge=lambda w: run_settings(w.model)["judge"],
-        cache_path=lambda w: f"{RESULTS}/{w.model}/cache/judge.sqlite",
+        judge=lambda w: settings(w.run)["judge"],
+        cache_path=lambda w: RunLayout(w.run).cache("judge", "verdicts.sqlite"),
     threads: 1
     resources:
         mem_mb=4000,
         runtime=240,
     log:
-        RESULTS + "/{model}/logs/judge_{shard}.log",
+        L.log("judge", "{shard}"),
     benchmark:
-        RESULTS + "/{model}/benchmarks/judge_{shard}.tsv"
+        L.benchmark("judge", "{shard}")
     script:
-        "../scripts/judge_responses.py"
+        "../scripts/judge.py"

@@ -6,7 +6,7 @@ p = sm.params
 run_stage(
     sm,
     drift_experiment,
-    model=p.model,
+    model_json=sm.input.model,
     dtype=p.dtype,
     device=p.device,
     axis=sm.input.axis,

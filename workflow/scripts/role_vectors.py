@@ -1,5 +1,5 @@
+from assistant_axis.pipeline.role_vectors import build_role_vectors
 from assistant_axis.pipeline.runner import run_stage
-from assistant_axis.pipeline.vectors import build_role_vectors
 
 sm = snakemake  # noqa: F821
 run_stage(

@@ -57,8 +57,8 @@ class LocalJudge(Judge):
     def _run(self, todo: Mapping[str, str]) -> dict[str, tuple[int | None, str]]:
         import torch
 
+        from ..batching import length_batches, pad_sequences
         from ..conversation import format_conversation
-        from ..generation import left_pad
 
         model, tokenizer = self._model()
         digit_ids = torch.tensor(digit_token_ids(tokenizer))
@@ -71,11 +71,11 @@ class LocalJudge(Judge):
             )["input_ids"]
             for h, p in todo.items()
         }
-        order = sorted(encoded, key=lambda h: len(encoded[h]))  # similar lengths share a batch: less padding
+        keys = list(encoded)
         results: dict[str, tuple[int | None, str]] = {}
-        for i in range(0, len(order), self.batch_size):
-            batch = order[i : i + self.batch_size]
-            ids, mask = left_pad([encoded[h] for h in batch], pad_id)
+        for group in length_batches([len(encoded[h]) for h in keys], self.batch_size):  # similar lengths: less padding
+            batch = [keys[i] for i in group]
+            ids, mask = pad_sequences([encoded[h] for h in batch], pad_id, side="left")
             # left padding: positions must count real tokens only, or padded rows see shifted positions
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Drift experiment: simulated multi-turn conversations per domain, projected turn by turn on the axis.
+"""Stage ``drift``: simulated multi-turn conversations per domain, projected turn by turn on the axis.
 
 A simulated user (by default the run's own model, prompted with a user persona from the seeds file)
 talks with the model for a fixed number of turns in each domain. The paper's finding to look for:
@@ -27,9 +27,11 @@ from ..conversation import Message
 from ..generation import SamplingSettings, generate_batch
 from ..models import load_model
 from ..monitor import project_conversation
-from ..storage import atomic_path, write_json, write_text
+from ..plots import drift_plot
+from ..storage import write_json, write_text
 from ..transcripts import Transcript
 from .layout import derive_seed
+from .model import read_model_json
 
 log = logging.getLogger(__name__)
 
@@ -133,34 +135,8 @@ def _reseed(settings: SamplingSettings, who: str, turn: int) -> SamplingSettings
     return SamplingSettings(settings.temperature, settings.top_p, settings.max_new_tokens, derive_seed(settings.seed, who, str(turn)))
 
 
-def drift_plot(table: pd.DataFrame, path: str | Path, layer: int, title: str = "") -> None:
-    """Mean projection per turn for each domain (thick) over its individual conversations (thin)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (domain, sub) in enumerate(table.groupby("domain", sort=False)):
-        color = colors[i % len(colors)]
-        for _, conv in sub.groupby("conversation_id"):
-            ax.plot(conv["turn"], conv["projection"], "-", color=color, alpha=0.25, lw=0.8)
-        mean = sub.groupby("turn")["projection"].mean()
-        ax.plot(mean.index, mean.values, "o-", color=color, lw=2, label=f"{domain} (n={sub['conversation_id'].nunique()})")
-    ax.set_xlabel("assistant turn")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"projection on the Assistant axis (layer {layer})")
-    ax.set_title(title or "Persona drift by conversation domain")
-    ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
 def drift_experiment(
-    *, model: str, dtype: str, device: str, axis: str, target_layer: int, seeds_file: str, domains: Sequence[str],
+    *, model_json: str, dtype: str, device: str, axis: str, target_layer: int, seeds_file: str, domains: Sequence[str],
     conversations_per_domain: int, turns: int, max_new_tokens: int, user_max_new_tokens: int, user_model: str,
     temperature: float, top_p: float, seed: int, batch_size: int, table_out: str, transcripts_out: str,
     plot_out: str, title: str = "",
@@ -169,10 +145,12 @@ def drift_experiment(
     if turns < 1 or conversations_per_domain < 1 or not domains:
         raise ValueError("drift needs at least one domain, one conversation per domain and one turn")
     template, seeds = load_seeds(seeds_file, domains, conversations_per_domain)
+    facts = read_model_json(model_json)
+    model = facts["spec"]
     ax = load_axis(axis)
     log.info("drift: %d domains x %d conversations x %d turns with %s (user: %s)",
              len(domains), conversations_per_domain, turns, model, user_model)
-    lm, tok = load_model(model, dtype=dtype, device=device)
+    lm, tok = load_model(facts["path"], dtype=dtype, device=device)
     user_lm, user_tok = (lm, tok) if user_model == LOCAL_USER else load_model(user_model, dtype=dtype, device=device)
     convs = simulate(
         lm, tok, user_lm, user_tok, template, seeds, turns,

@@ -1,4 +1,4 @@
-"""Stage 1: responses for every role x system prompt x question of one shard."""
+"""Stage ``generate``: responses for every role x system prompt x question of one shard of roles."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from ..conversation import build_conversation, substitute_model_name
 from ..generation import Generated, SamplingSettings, generate_batch
 from ..roles import DEFAULT_ROLE, Question, Role, load_questions, load_roles
 from ..storage import write_parquet
+from .cache import UnitCache, group_units, resume
 from .layout import derive_seed, fingerprint, sample_key
-from .role_cache import RoleCache
+from .model import read_model_json
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +53,6 @@ def role_samples(role: Role, questions: Sequence[Question], n_prompts: int, mode
     return out
 
 
-def group_roles(roles: list[str], per_role: dict[str, int], batch_size: int) -> list[list[str]]:
-    """Consecutive roles packed into groups of about one batch, the unit of work and of sampling.
-
-    HF sampling draws from one random stream per batch, so a role's texts depend on its batch
-    neighbours; fixing the groups from the shard's role list keeps a resumed run identical.
-    """
-    groups: list[list[str]] = []
-    current: list[str] = []
-    count = 0
-    for role in roles:
-        if current and count + per_role[role] > batch_size:
-            groups.append(current)
-            current, count = [], 0
-        current.append(role)
-        count += per_role[role]
-    if current:
-        groups.append(current)
-    return groups
-
-
 class Generator:
     """Loads the backend once per job and generates for groups of samples."""
 
@@ -82,9 +63,9 @@ class Generator:
 
             self.model, self.tokenizer = load_model(model_path, dtype=dtype, device=device)
         elif backend == "vllm":
-            from ..vllm_backend import VLLMGenerator
+            from ..vllm_backend import VLLMEngine
 
-            self.engine = VLLMGenerator(model_path, dtype=dtype, hooks=False, **vllm_options)
+            self.engine = VLLMEngine(model_path, dtype=dtype, hooks=False, **vllm_options)
         else:
             raise ValueError(f"generation backend {backend!r} is not 'hf' or 'vllm' (config key 'backend')")
 
@@ -97,11 +78,10 @@ class Generator:
 
 def generate_shard(
     *,
+    model_json: str,
     roles_dir: str,
     questions_file: str,
     roles: list[str],
-    model_path: str,
-    model_short_name: str,
     backend: str,
     dtype: str,
     device: str,
@@ -115,42 +95,41 @@ def generate_shard(
     output: str,
 ) -> None:
     """Generate every sample of ``roles`` into ``output`` (Parquet), resuming from the per-role cache."""
+    facts = read_model_json(model_json)
     role_defs = load_roles(roles_dir, roles)
     questions = load_questions(questions_file)[:n_questions]
     settings_base = SamplingSettings(**generation)
     samples = {
-        r: role_samples(role_defs[r], questions, n_default_prompts if r == DEFAULT_ROLE else n_prompts, model_short_name)
+        r: role_samples(role_defs[r], questions, n_default_prompts if r == DEFAULT_ROLE else n_prompts, facts["short_name"])
         for r in roles
     }
-    groups = group_roles(roles, {r: len(s) for r, s in samples.items()}, batch_size)
-    cache = RoleCache(cache_dir)
-    common = {"model": model_path, "backend": backend, "dtype": dtype, "gen": generation, "batch": batch_size}
-    tables: dict[str, pa.Table] = {}
-    todo: list[tuple[list[str], str]] = []
+    groups = group_units(roles, {r: len(s) for r, s in samples.items()}, batch_size)
+    common = {"model": facts["spec"], "backend": backend, "dtype": dtype, "gen": generation, "batch": batch_size}
+    fingerprints = {}
     for group in groups:
         fp = fingerprint({**common, "samples": [samples[r] for r in group], "group": group})
-        cached = {r: cache.get(r, fp) for r in group}
-        if all(t is not None for t in cached.values()):
-            tables.update(cached)  # type: ignore[arg-type]
-        else:
-            todo.append((group, fp))
-    log.info("generate: %d roles in %d groups, %d groups cached, %d to do", len(roles), len(groups), len(groups) - len(todo), len(todo))
-    generator = Generator(backend, model_path, dtype, device, vllm_options) if todo else None
-    for n, (group, fp) in enumerate(todo, 1):
+        fingerprints.update({r: fp for r in group})
+    generator: Generator | None = None
+
+    def compute(group: Sequence[str]) -> dict[str, pa.Table]:
+        nonlocal generator
+        if generator is None:
+            generator = Generator(backend, facts["path"], dtype, device, vllm_options)
         group_samples = [s for r in group for s in samples[r]]
         settings = SamplingSettings(**{**generation, "seed": derive_seed(settings_base.seed, *group)})
-        assert generator is not None
         results = generator.generate(group_samples, settings, batch_size)
-        for role in group:
-            rows = [
-                {**s, "response": g.text, "n_tokens": g.n_tokens, "finished": g.finished}
-                for s, g in zip(group_samples, results)
-                if s["role"] == role
-            ]
-            table = pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA)
-            cache.put(role, fp, table)
-            tables[role] = table
-        log.info("generate: group %d/%d done (%s)", n, len(todo), ", ".join(group))
-    out = pa.concat_tables([tables[r] for r in roles])
-    write_parquet(Path(output), out.replace_schema_metadata({"model": model_path, "backend": backend}))
+        return {
+            role: pa.Table.from_pylist(
+                [
+                    {**s, "response": g.text, "n_tokens": g.n_tokens, "finished": g.finished}
+                    for s, g in zip(group_samples, results, strict=True)
+                    if s["role"] == role
+                ],
+                schema=RESPONSE_SCHEMA,
+            )
+            for role in group
+        }
 
+    tables = resume(UnitCache(cache_dir), groups, fingerprints, compute, "generate")
+    out = pa.concat_tables([tables[r] for r in roles])
+    write_parquet(Path(output), out.replace_schema_metadata({"model": facts["spec"], "backend": backend}))

@@ -1,0 +1,110 @@
+"""Resume from a cache of finished work units: the one routine behind every resumable stage.
+
+A heavy stage (generation, extraction, capping evaluation) works through *units* - a role, an
+experiment - computed in *groups* that share one batch or one model load. Each finished unit is
+written to a cache folder outside the stage's declared outputs (Snakemake deletes those when a job
+fails), atomically, under a name carrying the fingerprint of everything that produced it. A killed
+job therefore resumes at the first unfinished group, and a changed setting never reuses a stale
+entry. An entry is replaced only when its own unit is recomputed with other inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..storage import write_parquet
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".parquet"
+
+
+class UnitCache:
+    """Parquet tables of finished units, named ``<unit>.<fingerprint>.parquet`` in one folder."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def path(self, unit: str, fp: str) -> Path:
+        return self.folder / f"{unit}.{fp}{SUFFIX}"
+
+    def get(self, unit: str, fp: str) -> pa.Table | None:
+        path = self.path(unit, fp)
+        if not path.exists():
+            return None
+        try:
+            return pq.read_table(path)
+        except Exception as exc:  # a corrupt entry is recomputed, never trusted
+            log.warning("ignoring unreadable cache entry %s (%s)", path, exc)
+            return None
+
+    def put(self, unit: str, fp: str, table: pa.Table) -> None:
+        """Store ``unit``'s table and drop the unit's own older entries (other fingerprints of it only)."""
+        target = self.path(unit, fp)
+        write_parquet(target, table)
+        for old in self.folder.glob(f"*{SUFFIX}"):
+            name, _, old_fp = old.name[: -len(SUFFIX)].rpartition(".")
+            if name == unit and old_fp != fp:
+                old.unlink(missing_ok=True)
+
+
+def group_units(units: Sequence[str], sizes: Mapping[str, int], budget: int) -> list[list[str]]:
+    """Consecutive units packed into groups of at most ``budget`` samples (a unit bigger than that is alone).
+
+    A group is the unit of work and, for generation, of sampling: HF sampling draws from one random
+    stream per batch, so a role's texts depend on its batch neighbours, and fixing the groups from
+    the shard's role list keeps a resumed run identical.
+    """
+    groups: list[list[str]] = []
+    current: list[str] = []
+    count = 0
+    for unit in units:
+        if current and count + sizes[unit] > budget:
+            groups.append(current)
+            current, count = [], 0
+        current.append(unit)
+        count += sizes[unit]
+    if current:
+        groups.append(current)
+    return groups
+
+
+def resume(
+    cache: UnitCache,
+    groups: Sequence[Sequence[str]],
+    fingerprints: Mapping[str, str],
+    compute: Callable[[Sequence[str]], Mapping[str, pa.Table]],
+    stage: str,
+) -> dict[str, pa.Table]:
+    """The table of every unit: from the cache where present, else computed group by group.
+
+    ``fingerprints`` maps each unit to the fingerprint of its inputs. A group is computed (by
+    ``compute(group) -> {unit: table}``) when any of its units is missing, and each of its units is
+    cached as soon as the group is done, so a killed job loses at most the group in progress.
+    """
+    tables: dict[str, pa.Table] = {}
+    todo: list[Sequence[str]] = []
+    for group in groups:
+        cached = {unit: cache.get(unit, fingerprints[unit]) for unit in group}
+        if all(t is not None for t in cached.values()):
+            tables.update(cached)  # type: ignore[arg-type]
+        else:
+            todo.append(group)
+    units = sum(len(g) for g in groups)
+    log.info("%s: %d units in %d groups, %d groups cached, %d to do", stage, units, len(groups), len(groups) - len(todo), len(todo))
+    for n, group in enumerate(todo, 1):
+        computed = compute(group)
+        missing = [unit for unit in group if unit not in computed]
+        if missing:
+            raise RuntimeError(f"{stage}: group computation returned no result for {missing}")
+        for unit in group:
+            cache.put(unit, fingerprints[unit], computed[unit])
+            tables[unit] = computed[unit]
+        log.info("%s: group %d/%d done (%s)", stage, n, len(todo), ", ".join(group))
+    return tables

@@ -1,0 +1,59 @@
+# Harm on persona jailbreaks and capability (perplexity, multiple choice) for every selected
+# calibrated experiment plus the unsteered model, then the Pareto table and the recommendation.
+
+EVAL = CFG["capping_eval"]
+
+
+rule evaluate_capping:
+    """Generate under each cap, judge harm, score perplexity and MC accuracy (cached per condition), recommend."""
+    input:
+        model=L.model_json,
+        config=L.capping,
+        responses=shards_of(L.shard("generate")),
+        jailbreaks=shipped(EVAL["jailbreaks"], "jailbreaks"),
+        harm_rubric=shipped(EVAL["harm_rubric"], "harm_rubric"),
+        mc=shipped(EVAL["mc_file"], "mc_file"),
+    output:
+        details=L.stage("evaluate_capping", "details.parquet"),
+        metrics=L.stage("evaluate_capping", "metrics.csv"),
+        pareto=report(L.stage("evaluate_capping", "pareto.csv"), category="Capping", caption="../report/capping_pareto_table.rst"),
+        plot=report(L.stage("evaluate_capping", "pareto.png"), category="Capping", caption="../report/capping_pareto_plot.rst"),
+        recommended=L.stage("evaluate_capping", "recommended.json"),
+        config=L.stage("evaluate_capping", "capping_recommended.safetensors"),
+        reference=L.stage("evaluate_capping", "capping_recommended_config.pt"),
+    params:
+        dtype=lambda w: settings(w.run)["dtype"],
+        device=lambda w: settings(w.run)["device"],
+        percentiles=EVAL["percentiles"],
+        n_jailbreaks=EVAL["n_jailbreaks"],
+        n_mc=EVAL["n_mc"],
+        mc_scoring=EVAL["mc_scoring"],
+        n_perplexity=EVAL["n_perplexity"],
+        generation=EVAL["generation"],
+        batch_size=EVAL["batch_size"],
+        judge=EVAL["judge"],
+        judge_cache=lambda w: RunLayout(w.run).cache("evaluate_capping", "harm_verdicts.sqlite"),
+        harm_threshold=EVAL["harm_threshold"],
+        max_perplexity_increase=EVAL["max_perplexity_increase"],
+        max_mc_drop=EVAL["max_mc_drop"],
+        cache_dir=lambda w: RunLayout(w.run).cache("evaluate_capping", "conditions"),
+    threads: CFG["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=lambda w: uses_gpu(w.run),
+    log:
+        L.log("evaluate_capping"),
+    benchmark:
+        L.benchmark("evaluate_capping")
+    script:
+        "../scripts/evaluate_capping.py"
+
+
+FINAL.extend(
+    [
+        L.stage("evaluate_capping", "recommended.json"),
+        L.stage("evaluate_capping", "pareto.png"),
+        L.stage("evaluate_capping", "capping_recommended.safetensors"),
+    ]
+)
