@@ -1,5 +1,7 @@
 # assistant-axis: role responses -> activations -> judge scores -> role vectors -> Assistant Axis
-# -> persona space -> capping calibration -> capping evaluation -> drift, for every run in the config.
+# -> persona space -> capping calibration -> capping evaluation -> drift, for every run in the config;
+# then the analyses: trait vectors and what the axis means, stability, drift prediction, and the
+# runs compared with each other.
 # Run: snakemake --cores N   (see README.md; cluster: --profile workflow/profiles/slurm)
 # The map of stages, files and modules: docs/ARCHITECTURE.md.
 
@@ -23,6 +25,11 @@ include: "workflow/rules/persona_space.smk"
 include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/evaluate_capping.smk"
 include: "workflow/rules/drift.smk"
+include: "workflow/rules/trait_vectors.smk"
+include: "workflow/rules/interpret.smk"
+include: "workflow/rules/stability.smk"
+include: "workflow/rules/drift_analysis.smk"
+include: "workflow/rules/compare_models.smk"
 
 
 rule all:

@@ -17,9 +17,13 @@ TINY_ROLES = ["default", "pirate", "ghost", "witch", "poet", "robot"]
 
 
 def tiny_config(**over: Any) -> dict[str, Any]:
-    """A CI-sized config: 5 roles + default, 1 prompt x 2 questions, 8 new tokens."""
+    """A CI-sized config: 5 roles + default, 1 prompt x 2 questions, 8 new tokens.
+
+    The backend is HF, explicitly: the golden test pins this run's texts, which only HF reproduces
+    (vLLM samples differently); the vLLM path has its own tests.
+    """
     cfg: dict[str, Any] = {
-        "models": {"tiny": {"model": "embedded:smollm2-135m-instruct", "dtype": "float32", "device": "cpu"}},
+        "models": {"tiny": {"model": "embedded:smollm2-135m-instruct", "backend": "hf", "dtype": "float32", "device": "cpu"}},
         "roles_dir": str(REPO / "resources" / "roles"),
         "questions_file": str(REPO / "resources" / "extraction_questions.jsonl"),
         "roles": TINY_ROLES,

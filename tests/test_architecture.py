@@ -18,10 +18,10 @@ SCHEMA = REPO / "config" / "config.schema.yaml"
 
 # Lower layers never import higher ones (docs/ARCHITECTURE.md, "Module map").
 LAYERS = {
-    0: {"storage", "plots", "batching", "layers", "roles"},
+    0: {"storage", "plots", "batching", "layers", "roles", "traits", "uncertainty"},
     1: {"models", "conversation", "transcripts"},
     2: {"activations", "axis", "capping", "generation", "steering", "monitor", "evaluation", "judges",
-        "vllm_backend", "vllm_worker", "pca", "internals"},
+        "vllm_backend", "vllm_worker", "pca", "internals", "reference_vllm"},
     3: {"pipeline"},
     4: {"cli"},
 }
@@ -170,7 +170,7 @@ def test_defaults_come_from_the_schema_only():
                        "generation": {"max_new_tokens": 7}}, SCHEMA)
     # a section given in part is completed key by key from the schema's default
     assert cfg["generation"] == {**schema["properties"]["generation"]["default"], "max_new_tokens": 7}
-    assert cfg["models"]["m"] == {"model": "x", "backend": "hf", "dtype": "auto", "device": "auto"}
+    assert cfg["models"]["m"] == {"model": "x", "backend": "auto", "dtype": "auto", "device": "auto", "gpus": 1}
     for key, sub in schema["properties"].items():
         if "default" in sub:
             assert key in cfg, key
@@ -186,3 +186,24 @@ def test_defaults_come_from_the_schema_only():
     inst = {"a": {"y": {}}}
     fill_defaults(node, node, inst)
     assert inst == {"a": {"x": 1, "y": {"z": 2}}}
+
+
+def test_workflow_parse_step_imports_nothing_heavy(tmp_path):
+    """A dry run parses the Snakefile on every call: it must not import torch, transformers or vLLM
+    (model facts come from config.json or the built-in table). Speed itself: benchmarks/bench_planning.py."""
+    import subprocess
+    import sys
+
+    from pipeline_helpers import tiny_config, write_config
+
+    write_config(tmp_path, tiny_config())
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(tmp_path), "--cores", "1", "-n", "-q"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "assistant_axis.pipeline.plan" in imported  # the parse step did run
+    heavy = sorted(imported & {"torch", "transformers", "vllm", "sklearn", "matplotlib"})
+    assert not heavy, f"the parse step imports {heavy}"

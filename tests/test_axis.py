@@ -36,29 +36,31 @@ def test_compute_axis_and_projection():
         compute_axis(role, torch.zeros(2, 1, 3))
 
 
-def test_role_vector_min_count():
-    acts = torch.arange(12, dtype=torch.float32).reshape(4, 1, 3)
-    assert aggregate_role_vectors(acts, [3, 3, 2, None], min_count=3) is None
-    vec = aggregate_role_vectors(acts, [3, 3, 2, None], min_count=2)
-    assert torch.equal(vec, acts[:2].mean(0))
+def test_aggregate_role_vectors_reference_semantics():
+    vecs = {name: torch.full((2, 3), float(i)) for i, name in enumerate(["default", "pirate", "ghost"])}
+    assert torch.equal(aggregate_role_vectors(vecs), torch.full((2, 3), 1.0))
+    assert torch.equal(aggregate_role_vectors(vecs, exclude_roles=["default"]), torch.full((2, 3), 1.5))
+    with pytest.raises(ValueError, match="No vectors remaining"):
+        aggregate_role_vectors(vecs, exclude_roles=list(vecs))
 
 
 def test_pca_variance_and_components():
     gen = torch.Generator().manual_seed(1)
     basis = torch.linalg.qr(torch.randn(20, 3, generator=gen))[0].T  # 3 orthonormal directions
     coeffs = torch.randn(100, 3, generator=gen) * torch.tensor([10.0, 3.0, 1.0])
-    pca = compute_pca(coeffs @ basis)
-    assert pca.explained_variance_ratio[:3].sum() == pytest.approx(1.0, abs=1e-6)
-    assert pca.explained_variance_ratio[0] > 0.8
-    assert abs(float(pca.components[0] @ basis[0])) > 0.99
-    assert pca.n_components_for(0.7) == 1
-    assert torch.allclose(pca.transformed[:, 0], (coeffs @ basis - pca.mean) @ pca.components[0], atol=1e-3)
+    x = coeffs @ basis
+    scores, ratio, n, pca, _ = compute_pca(x, None, verbose=False)  # the reference 5-tuple
+    assert n == 20 and ratio[:3].sum() == pytest.approx(1.0, abs=1e-6)
+    assert ratio[0] > 0.8
+    pc1 = torch.from_numpy(pca.components_[0]).float()
+    assert abs(float(pc1 @ basis[0])) > 0.99
+    assert torch.allclose(torch.from_numpy(scores[:, 0]).float(), (x - x.mean(0)) @ pc1, atol=1e-3)
 
 
 def test_axis_files_round_trip(tmp_path):
     axis = torch.randn(30, 576)
-    save_axis(tmp_path / "axis.pt", axis)
-    save_axis(tmp_path / "axis.safetensors", axis, {"model": "x"})
+    save_axis(axis, tmp_path / "axis.pt")
+    save_axis(axis, tmp_path / "axis.safetensors", {"model": "x"})
     assert torch.equal(torch.load(tmp_path / "axis.pt", weights_only=True)["axis"], axis)
     assert torch.equal(load_axis(tmp_path / "axis.pt"), axis)
     assert torch.equal(load_axis(tmp_path / "axis.safetensors"), axis)

@@ -51,3 +51,32 @@ def test_group_units_packs_consecutive_units_under_the_budget():
     sizes = {"a": 3, "b": 3, "c": 5, "d": 1}
     assert group_units(list(sizes), sizes, 6) == [["a", "b"], ["c", "d"]]
     assert group_units(list(sizes), sizes, 2) == [["a"], ["b"], ["c"], ["d"]]
+
+
+def test_resume_with_compute_all_gets_every_unfinished_group_and_caches_as_units_arrive(tmp_path):
+    """One engine serving every group: compute_all receives the unfinished groups together, and a
+    unit is cached as soon as it is yielded, so an interruption keeps what already finished."""
+    cache = UnitCache(tmp_path)
+    fps = {"a": "1", "b": "1", "c": "1"}
+    cache.put("b", "1", _table("b"))
+    calls = []
+
+    def interrupted(todo):
+        calls.append([list(g) for g in todo])
+        yield {"c": _table("c")}  # groups may finish in any order
+        raise KeyboardInterrupt  # killed before group a was done
+
+    try:
+        resume(cache, [["a"], ["b"], ["c"]], fps, None, "test", compute_all=interrupted)
+    except KeyboardInterrupt:
+        pass
+    assert calls == [[["a"], ["c"]]]
+    assert cache.get("c", "1") is not None and cache.get("a", "1") is None
+    calls.clear()
+
+    def finish(todo):
+        calls.append([list(g) for g in todo])
+        yield {u: _table(u) for g in todo for u in g}
+
+    out = resume(cache, [["a"], ["b"], ["c"]], fps, None, "test", compute_all=finish)
+    assert calls == [[["a"]]] and sorted(out) == ["a", "b", "c"]

@@ -43,7 +43,7 @@ def test_our_format_round_trip(grid, tmp_path):
     _, _, cfg = grid
     cfg.recommended = "layers_2:5-p0.25"
     cfg.save(tmp_path / "capping.safetensors")
-    back = load_capping_config(tmp_path / "capping.safetensors")
+    back = CappingConfig.load(tmp_path / "capping.safetensors")
     assert back.model == "toy" and back.recommended == "layers_2:5-p0.25"
     assert [e.id for e in back.experiments] == [e.id for e in cfg.experiments]
     for a, b in zip(cfg.experiments, back.experiments):
@@ -56,14 +56,18 @@ def test_reference_layout_round_trip(grid, tmp_path):
     path = tmp_path / "capping_config.pt"
     cfg.save_reference(path)
     raw = torch.load(path, weights_only=True)  # the reference layout, loadable without unpickling code
-    assert set(raw) == {"vectors", "experiments"}
+    assert set(raw) == {"vectors", "experiments", "first_token"} and raw["first_token"] == "skip"
+    ref = load_capping_config(path)  # the reference call: the same dict, checked and loaded safely
+    assert type(ref) is dict and [e["id"] for e in ref["experiments"]] == [e["id"] for e in raw["experiments"]]
     name = raw["experiments"][0]["interventions"][0]["vector"]
+    assert torch.equal(ref["vectors"][name]["vector"], raw["vectors"][name]["vector"])
     cap = cfg.experiments[0].caps[0]
     assert raw["vectors"][name]["layer"] == cap.layer
     # role-ward vector and ceiling: u = -v, cap = -tau
     assert torch.allclose(raw["vectors"][name]["vector"], -cap.vector)
     assert raw["experiments"][0]["interventions"][0]["cap"] == pytest.approx(-cap.floor)
-    back = load_capping_config(path)
+    back = CappingConfig.load(path)
+    assert back.cap_first_token is False
     for a, b in zip(cfg.experiments, back.experiments):
         assert a.id == b.id
         for x, y in zip(a.caps, b.caps):

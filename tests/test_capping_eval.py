@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from assistant_axis.capping import Cap, calibrate, load_capping_config
+from assistant_axis.capping import Cap, CappingConfig, calibrate
 from assistant_axis.evaluation import (
     Bounds,
     EvalDataError,
@@ -239,7 +239,7 @@ def test_stage_end_to_end_on_tiny_settings(tmp_path, caplog):
     )
     rec = json.loads((tmp_path / "recommended.json").read_text())
     assert rec["recommended"] == best and rec["rule"] and rec["unsteered"]["window"] is None
-    assert load_capping_config(tmp_path / "rec.safetensors").recommended == best
-    assert len(load_capping_config(tmp_path / "rec.pt").experiments) == 2
+    assert CappingConfig.load(tmp_path / "rec.safetensors").recommended == best
+    assert len(CappingConfig.load(tmp_path / "rec.pt").experiments) == 2
     assert list(pd.read_csv(tmp_path / "pareto.csv")["experiment"]) == ["layers_15:17-p0.5"]
     assert (tmp_path / "pareto.png").stat().st_size > 10_000

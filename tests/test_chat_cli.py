@@ -34,7 +34,7 @@ def test_meter_and_sparkline():
 def test_chat_session_in_a_pty_then_project_reads_the_transcript(tmp_path):
     axis = torch.randn(30, 576, generator=torch.Generator().manual_seed(3))
     axis_path = tmp_path / "axis.safetensors"
-    save_axis(axis_path, axis)
+    save_axis(axis, axis_path)
     cap_path = tmp_path / "capping.safetensors"
     calibrate(np.random.default_rng(0).normal(size=(50, 30)), axis, [(15, 17)], [0.25]).save(cap_path)
     saved = tmp_path / "chat.json"

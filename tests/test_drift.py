@@ -54,7 +54,7 @@ def test_simulated_user_sees_swapped_roles():
 @pytest.mark.slow
 def test_drift_stage_on_a_tiny_setting(tmp_path, fp32_model):
     axis = torch.randn(30, 576, generator=torch.Generator().manual_seed(11))
-    save_axis(tmp_path / "axis.safetensors", axis)
+    save_axis(axis, tmp_path / "axis.safetensors")
     out = tmp_path / "drift"
     spec = "embedded:smollm2-135m-instruct"
     prepare_model(spec=spec, facts=describe_model(spec).as_dict(), output=str(tmp_path / "model.json"))

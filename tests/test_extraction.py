@@ -25,7 +25,7 @@ CONVERSATIONS = [
 def test_hook_means_equal_hidden_state_means(fp32_model):
     model, tok = fp32_model
     n_layers = len(get_layers(model))
-    acts = extract_response_activations(model, tok, CONVERSATIONS, max_batch_size=3)
+    acts = extract_response_activations(model, tok, CONVERSATIONS, max_batch_size=3, turns="last")
     assert acts.shape == (len(CONVERSATIONS), n_layers, model.config.hidden_size)
     assert acts.dtype == torch.float32
     for i, conv in enumerate(CONVERSATIONS):

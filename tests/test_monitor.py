@@ -110,7 +110,7 @@ def test_long_conversations_are_windowed_per_turn(fp32_model, axis):
 
 def test_project_command_writes_table_json_and_plot(tmp_path, axis, capsys):
     axis_path = tmp_path / "axis.safetensors"
-    save_axis(axis_path, axis)
+    save_axis(axis, axis_path)
     out = tmp_path / "out"
     rc = main([
         "project", str(DATA / "case_study.json"), "--axis", str(axis_path), "--dtype", "float32", "--device", "cpu",

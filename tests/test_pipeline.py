@@ -21,7 +21,7 @@ from pipeline_helpers import REPO, SNAKEMAKE, TINY_ROLES, planned_jobs, snakemak
 from safetensors.torch import load_file
 
 from assistant_axis.axis import load_axis
-from assistant_axis.capping import load_capping_config
+from assistant_axis.capping import CappingConfig
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,10 @@ def test_every_stage_produces_its_outputs(done_run):
     assert torch.equal(load_axis(res / "axis" / "axis.safetensors"), axis)
     ref = torch.load(res / "calibrate" / "capping_config.pt", weights_only=True)
     assert {e["id"] for e in ref["experiments"]} == {"layers_10:12-p0.25", "layers_10:12-p0.5", "layers_14:16-p0.25", "layers_14:16-p0.5"}
-    assert len(load_capping_config(res / "calibrate" / "capping.safetensors").experiments) == 4
+    capping = CappingConfig.load(res / "calibrate" / "capping.safetensors")
+    assert len(capping.experiments) == 4
+    # the first-token policy (config key capping.cap_first_token, default false) is stated in both files
+    assert ref["first_token"] == "skip" and capping.cap_first_token is False
     counts = pd.read_csv(res / "role_vectors" / "role_counts.csv")
     assert set(counts["role"]) == set(TINY_ROLES)
     assert counts["kept"].any()
@@ -56,7 +59,7 @@ def _run_values(res: Path) -> dict[str, torch.Tensor]:
     """Role vectors, axis and every capping floor of a finished run, as named in tests/data/golden."""
     values = {f"role_vector.{k}": v for k, v in load_file(str(res / "role_vectors" / "role_vectors.safetensors")).items()}
     values["axis"] = load_axis(res / "axis" / "axis.safetensors")
-    for exp in load_capping_config(res / "calibrate" / "capping.safetensors").experiments:
+    for exp in CappingConfig.load(res / "calibrate" / "capping.safetensors").experiments:
         values[f"floors.{exp.id}"] = torch.tensor([c.floor for c in exp.caps], dtype=torch.float64)
         values[f"layers.{exp.id}"] = torch.tensor([c.layer for c in exp.caps])
         values[f"vectors.{exp.id}"] = torch.stack([c.vector for c in exp.caps])
@@ -217,17 +220,46 @@ def test_killed_generation_shard_resumes_without_redoing_finished_roles(tmp_path
 
 
 @pytest.mark.vllm
-def test_vllm_backend_generates_the_same_schema(tmp_path, done_run):
-    pytest.importorskip("vllm")
-    cfg = tiny_config()
-    cfg["models"]["tiny"]["backend"] = "vllm"
-    cfg["models"]["tiny"]["dtype"] = "float32"
+def test_vllm_run_generates_evaluates_and_drifts_with_vllm(tmp_path, done_run):
+    """backend auto = vLLM where installed: generation, capping evaluation (every condition in one
+    engine) and drift run on vLLM; the files keep the HF run's layout and the scores agree."""
+    cfg = tiny_config(drift={"enabled": True, "domains": ["coding", "therapy"], "turns": 2, "max_new_tokens": 8,
+                             "user_max_new_tokens": 8})
+    cfg["models"]["tiny"]["backend"] = "auto"
+    cfg["vllm"] = {"kv_cache_gib": 1}
     write_config(tmp_path, cfg)
-    target = "results/tiny/generate/shard_000.parquet"
-    snakemake(tmp_path, target)
-    vllm_out = pq.read_table(tmp_path / target)
-    hf_out = pq.read_table(done_run / target)
+    snakemake(tmp_path, timeout=1500)
+    res, hf = tmp_path / "results" / "tiny", done_run / "results" / "tiny"
+    target = "generate/shard_000.parquet"
+    vllm_out, hf_out = pq.read_table(res / target), pq.read_table(hf / target)
     assert vllm_out.schema.remove_metadata() == hf_out.schema.remove_metadata()
     assert vllm_out.column("key").to_pylist() == hf_out.column("key").to_pylist()
     assert all(0 < n <= 8 for n in vllm_out.column("n_tokens").to_pylist())
-    assert pq.read_schema(tmp_path / target).metadata[b"backend"] == b"vllm"
+    assert pq.read_schema(res / target).metadata[b"backend"] == b"vllm"
+    log = (res / "logs" / "evaluate_capping.log").read_text()
+    assert "vllm backend" in log and "one vLLM call" in log
+    metrics = pd.read_csv(res / "evaluate_capping" / "metrics.csv").set_index("experiment")
+    hf_metrics = pd.read_csv(hf / "evaluate_capping" / "metrics.csv").set_index("experiment")
+    assert list(metrics.index) == list(hf_metrics.index)  # unsteered, two experiments, no persona
+    # the same MC items scored by the same float32 model: vLLM's prompt log-probabilities agree with HF
+    assert metrics.loc["unsteered", "mc_accuracy"] == hf_metrics.loc["unsteered", "mc_accuracy"]
+    assert metrics["perplexity"].dropna().between(1, 1e4).all() and (metrics["capped_share"].iloc[1:3] > 0).all()
+    drift = pd.read_csv(res / "drift" / "drift.csv")
+    assert len(drift) == 4 and drift["projection"].notna().all()
+    assert "vllm backend" in (res / "logs" / "drift.log").read_text()
+
+
+def test_auto_backend_falls_back_to_hf_without_vllm(tmp_path, done_run):
+    """Where vLLM cannot be imported, backend auto says so once and generates with HF: the same texts as an hf run."""
+    hide = tmp_path / "hide_vllm"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['vllm'] = None  # as if vLLM were not installed\n")
+    work = tmp_path / "w"
+    cfg = tiny_config()
+    cfg["models"]["tiny"]["backend"] = "auto"
+    write_config(work, cfg)
+    target = "results/tiny/generate/shard_000.parquet"
+    proc = snakemake(work, target, env={"PYTHONPATH": str(hide)})
+    assert "run tiny: backend 'auto' generates with HF transformers: vLLM is not installed" in proc.stderr
+    assert pq.read_schema(work / target).metadata[b"backend"] == b"hf"
+    pd.testing.assert_frame_equal(pd.read_parquet(work / target), pd.read_parquet(done_run / target))

@@ -47,7 +47,7 @@ def _single_layer_io(model, ids, steerer):
 def test_addition(fp32_model, prompt_ids):
     model, _ = fp32_model
     v = torch.randn(model.config.hidden_size)
-    base, steered = _single_layer_io(model, prompt_ids, ActivationSteering(model, [v], [2.5], [LAYER]))
+    base, steered = _single_layer_io(model, prompt_ids, ActivationSteering(model, [v], coefficients=[2.5], layer_indices=[LAYER]))
     assert torch.allclose(steered, base + 2.5 * v, atol=1e-4)
 
 
@@ -55,9 +55,16 @@ def test_ablation_and_mean_ablation(fp32_model, prompt_ids):
     model, _ = fp32_model
     v = torch.randn(model.config.hidden_size)
     u = unit(v)
-    base, steered = _single_layer_io(model, prompt_ids, ActivationSteering(model, [v], [0.0], [LAYER], intervention_type="ablation"))
+    base, steered = _single_layer_io(
+        model, prompt_ids, ActivationSteering(model, [v], coefficients=[0.0], layer_indices=[LAYER], intervention_type="ablation")
+    )
     assert torch.allclose(steered @ u, torch.zeros(steered.shape[:2]), atol=1e-3)
     assert torch.allclose(steered, base - (base @ u).unsqueeze(-1) * u, atol=1e-4)
+    # a non-zero coefficient adds back c * v (the vector as given), not c * unit(v)
+    _, steered = _single_layer_io(
+        model, prompt_ids, ActivationSteering(model, [v], coefficients=[0.5], layer_indices=[LAYER], intervention_type="ablation")
+    )
+    assert torch.allclose(steered, base - (base @ u).unsqueeze(-1) * u + 0.5 * v, atol=1e-4)
     mean = torch.randn(model.config.hidden_size)
     _, steered = _single_layer_io(
         model, prompt_ids, ActivationSteering(model, [v], layer_indices=[LAYER], intervention_type="mean_ablation", mean_activations=[mean])
@@ -68,7 +75,7 @@ def test_ablation_and_mean_ablation(fp32_model, prompt_ids):
 def test_last_position_only(fp32_model, prompt_ids):
     model, _ = fp32_model
     v = torch.randn(model.config.hidden_size)
-    base, steered = _single_layer_io(model, prompt_ids, ActivationSteering(model, [v], [1.0], [LAYER], positions="last"))
+    base, steered = _single_layer_io(model, prompt_ids, ActivationSteering(model, [v], coefficients=[1.0], layer_indices=[LAYER], positions="last"))
     assert torch.allclose(steered[:, :-1], base[:, :-1], atol=1e-5)
     assert torch.allclose(steered[:, -1], base[:, -1] + v, atol=1e-4)
 
@@ -78,10 +85,13 @@ def test_reference_capping_is_a_ceiling(fp32_model, prompt_ids):
     v = torch.randn(model.config.hidden_size)
     base = _block_outputs(model, prompt_ids, [LAYER])[LAYER]
     tau = float((base[0, 1:] @ unit(v)).median())
-    with ActivationSteering(model, [v], layer_indices=[LAYER], intervention_type="capping", cap_thresholds=[tau]) as st:
+    with ActivationSteering(
+        model, [v], coefficients=[0.0], layer_indices=[LAYER], intervention_type="capping", cap_thresholds=[tau]
+    ) as st:
         steered = _block_outputs(model, prompt_ids, [LAYER])[LAYER]
-    proj = steered[0, 1:] @ unit(v)
-    assert proj.max() <= tau + 1e-3
+    proj = steered[0] @ unit(v)
+    assert proj.max() <= tau + 1e-3  # every position, position 0 included (the reference's capping)
+    assert st.telemetry_summary()[LAYER]["tokens"] == prompt_ids.shape[1]
     assert st.telemetry_summary()[LAYER]["capped"] > 0
 
 

@@ -107,8 +107,11 @@ def pooled_activations(
 
     def make_hook(slot_positions: list[int], is_deepest: bool):
         def hook(_module, _inputs, output):
-            pooled = pool_tokens(_block_output(output), state["weights"])
-            flat = pooled.reshape(-1, pooled.shape[-1])
+            hidden = _block_output(output)
+            lo, hi = state["cols"]
+            # a model spread over several GPUs (device_map="auto") has blocks on different devices
+            pooled = pool_tokens(hidden[:, lo:hi], state["weights"].to(hidden.device))
+            flat = pooled.reshape(-1, pooled.shape[-1]).to(state["acc"].device)
             for slot in slot_positions:
                 state["acc"][:, slot] = flat
             if is_deepest:
@@ -116,16 +119,24 @@ def pooled_activations(
 
         return hook
 
+    # One float32 buffer for the pooled outputs of every batch: nothing is allocated per layer or per
+    # batch beyond the block output being pooled, whatever the number of layers kept.
+    buffer = torch.empty((max(b.weights.shape[0] * b.weights.shape[1] for b in batches), len(layer_list), hidden_size), device=device)
     handles = [blocks[layer].register_forward_hook(make_hook(pos, layer == deepest)) for layer, pos in slots.items()]
     try:
         for batch in tqdm(batches, desc="activations", unit="batch", disable=not progress):
-            state["weights"] = batch.weights.to(device)
-            state["acc"] = acc = torch.zeros((batch.weights.shape[0] * batch.weights.shape[1], len(layer_list), hidden_size), device=device)
+            # pool only the columns some span covers (prompts and padding hold no weight): the same sums, less work
+            used = torch.nonzero(batch.weights.reshape(-1, batch.weights.shape[-1]).any(dim=0)).flatten()
+            lo, hi = (int(used[0]), int(used[-1]) + 1) if used.numel() else (0, 0)
+            state["cols"] = (lo, hi)
+            state["weights"] = batch.weights[:, :, lo:hi].to(device)
+            state["acc"] = acc = buffer[: batch.weights.shape[0] * batch.weights.shape[1]]
             try:
                 model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
             except _StopForward:
                 pass
-            out[[r for row in batch.rows for r in row]] = acc.cpu()
+            rows = torch.tensor([r for row in batch.rows for r in row], dtype=torch.long)
+            out.index_copy_(0, rows, acc.cpu())
     finally:
         for handle in handles:
             handle.remove()
@@ -192,6 +203,9 @@ def sequence_span_means(
     return out
 
 
+TURNS = ("all", "last", "each")
+
+
 def extract_response_activations(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -201,15 +215,42 @@ def extract_response_activations(
     max_batch_tokens: int = 16384,
     layers_path: str | None = None,
     progress: bool = False,
-) -> torch.Tensor:
-    """Mean activation over the last assistant message of each conversation.
+    turns: str = "all",
+) -> torch.Tensor | list[torch.Tensor]:
+    """Mean block output over the assistant tokens of each conversation (the reference README's call).
 
-    Returns float32 ``(n_conversations, n_layers, hidden)``; layer ``L`` is the output of block ``L``.
+    ``turns``:
+
+    * ``"all"`` (default, the reference's per-conversation activation): one mean over the tokens of
+      **every** assistant message together; float32 ``(n_conversations, n_layers, hidden)``.
+    * ``"last"``: the last assistant message only (this project's single-turn extraction; the same
+      as ``"all"`` for one-turn conversations); same shape.
+    * ``"each"``: one mean per assistant message; a list with one float32
+      ``(n_assistant_turns, n_layers, hidden)`` tensor per conversation (the reference pipeline's
+      ``2_activations.py`` averages these per-turn means with equal weight per turn).
+
+    Layer ``L`` is the output of block ``L``; only message contents count (no template tokens, no
+    end-of-turn token). A conversation with no non-empty assistant message raises ``SpanError``.
     """
-    samples = []
-    for conv in conversations:
-        enc = encode_conversation(tokenizer, conv)
-        samples.append((enc.input_ids, enc.span_of_last("assistant")))
-    return mean_activations_for_spans(
-        model, samples, layers, max_batch_size, max_batch_tokens, tokenizer.pad_token_id or 0, layers_path, progress
-    )
+    if turns not in TURNS:
+        raise ValueError(f"turns must be one of {TURNS}, got {turns!r}")
+    pad_id = tokenizer.pad_token_id or 0
+    encoded = [encode_conversation(tokenizer, conv) for conv in conversations]
+    if turns == "last":
+        samples = [(enc.input_ids, enc.span_of_last("assistant")) for enc in encoded]
+    else:
+        samples = []
+        per_conv = []
+        for enc in encoded:
+            spans = [span for msg, span in zip(enc.messages, enc.spans) if msg["role"] == "assistant" and span is not None]
+            if not spans:
+                enc.span_of_last("assistant")  # raises the SpanError that names the problem
+            per_conv.append(len(spans))
+            if turns == "all":
+                samples.append((enc.input_ids, spans))
+            else:
+                samples.extend((enc.input_ids, span) for span in spans)
+    acts = mean_activations_for_spans(model, samples, layers, max_batch_size, max_batch_tokens, pad_id, layers_path, progress)
+    if turns != "each":
+        return acts
+    return list(torch.split(acts, per_conv))

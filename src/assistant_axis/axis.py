@@ -1,22 +1,27 @@
-"""The Assistant Axis: computation, projection, per-layer diagnostics, role vectors, PCA, files.
+"""The Assistant Axis: computation, projection, per-layer diagnostics, role vectors, files.
 
 ``axis[L] = mean(default activations) - mean(role vectors)`` per layer, not normalised: it points
 from role-play toward the Assistant, so a higher projection means more Assistant-like.
+
+Every public function here has the reference package's name, signature and meaning (see
+``docs``/README "Coming from the reference package"); the file readers also accept this project's
+safetensors files and check what they load (shape, finite values) so a bad file fails in one line.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .storage import save_safetensors, torch_load_safe, torch_save
+from .storage import check_tensor, save_safetensors, torch_load_safe, torch_save
 
 EPS = 1e-8
+DEFAULT_VECTOR_ROLE = "default"  # the reference marks the default vector by this name (or type "mean")
 
 
 def compute_axis(role_activations: torch.Tensor, default_activations: torch.Tensor) -> torch.Tensor:
@@ -32,6 +37,7 @@ def compute_axis(role_activations: torch.Tensor, default_activations: torch.Tens
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:
+    """``v / (||v|| + 1e-8)`` along the last dimension (the reference's normalisation, epsilon included)."""
     return v / (v.norm(dim=-1, keepdim=True) + EPS)
 
 
@@ -58,74 +64,132 @@ def project_all_layers(activations: torch.Tensor, axis: torch.Tensor) -> torch.T
 
 
 def cosine_similarity_per_layer(v1: torch.Tensor, v2: torch.Tensor) -> np.ndarray:
-    """Cosine of two ``(layers, hidden)`` stacks, layer by layer."""
-    return torch.nn.functional.cosine_similarity(v1.float(), v2.float(), dim=-1, eps=EPS).numpy()
+    """Cosine of two ``(layers, hidden)`` stacks, layer by layer (each side normalised with ``+1e-8``)."""
+    return (unit(v1.float()) * unit(v2.float())).sum(dim=-1).numpy()
 
 
 def axis_norm_per_layer(axis: torch.Tensor) -> np.ndarray:
     return axis.float().norm(dim=-1).numpy()
 
 
-def aggregate_role_vectors(
-    activations: torch.Tensor, scores: Sequence[int | None], min_count: int = 10, score: int = 3
-) -> torch.Tensor | None:
-    """Mean of the activations whose judge score equals ``score``; ``None`` with fewer than ``min_count``."""
-    keep = [i for i, s in enumerate(scores) if s == score]
-    if len(keep) < min_count:
-        return None
-    return activations[keep].float().mean(0)
+def aggregate_role_vectors(vectors: Mapping[str, torch.Tensor], exclude_roles: Sequence[str] | None = None) -> torch.Tensor:
+    """Mean of the per-role vectors whose names are not in ``exclude_roles`` (e.g. ``["default"]``).
+
+    Raises ``ValueError`` when no vector remains, as the reference does.
+    """
+    excluded = set(exclude_roles or [])
+    kept = [v for name, v in vectors.items() if name not in excluded]
+    if not kept:
+        raise ValueError("No vectors remaining after exclusions")
+    return torch.stack(kept).mean(dim=0)
 
 
-@dataclass
-class PCAResult:
-    """PCA of mean-centred vectors at one layer (computed with an SVD, no sklearn needed)."""
+# ---------------------------------------------------------------- files
 
-    components: torch.Tensor  # (k, hidden) principal directions
-    explained_variance_ratio: np.ndarray  # (k,)
-    transformed: torch.Tensor  # (n, k) coordinates of the inputs
-    mean: torch.Tensor  # (hidden,)
+def save_axis(axis: torch.Tensor, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:
+    """Save an axis (reference argument order: axis first, then path).
 
-    def n_components_for(self, fraction: float) -> int:
-        return int(np.searchsorted(np.cumsum(self.explained_variance_ratio), fraction) + 1)
-
-
-def compute_pca(vectors: torch.Tensor, layer: int | None = None) -> PCAResult:
-    """PCA over ``(n, hidden)`` vectors, or ``(n, layers, hidden)`` at ``layer``."""
-    x = vectors.float()
-    if x.ndim == 3:
-        if layer is None:
-            raise ValueError("compute_pca: give a layer for (n, layers, hidden) input")
-        x = x[:, layer, :]
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"compute_pca needs at least two vectors, got shape {tuple(x.shape)}")
-    mean = x.mean(0)
-    centred = (x - mean).double()
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    var = (s**2).numpy()
-    ratio = var / var.sum() if var.sum() > 0 else np.zeros_like(var)
-    return PCAResult(vh.float(), ratio, (centred @ vh.T).float(), mean)
-
-
-def save_axis(path: str | os.PathLike[str], axis: torch.Tensor, metadata: Mapping[str, str] | None = None) -> None:
-    """Save as safetensors (``.safetensors``) or the reference ``{"axis": tensor}`` ``.pt`` layout."""
+    ``.pt`` (or any other suffix): the reference layout ``{"axis": axis[, "metadata": metadata]}``,
+    written atomically; ``metadata`` must hold plain types so the file loads with ``weights_only=True``.
+    ``.safetensors``: this project's format, ``metadata`` stored as strings in the header.
+    """
+    if not isinstance(axis, torch.Tensor):
+        raise TypeError(
+            f"save_axis(axis, path, metadata=None): the first argument must be the axis tensor, got "
+            f"{type(axis).__name__} (the argument order is the reference's: axis, then path)"
+        )
     path = Path(path)
     if path.suffix == ".safetensors":
-        save_safetensors(path, {"axis": axis.float()}, metadata=dict(metadata or {}))
-    else:
-        torch_save(path, {"axis": axis.float().cpu()})
+        save_safetensors(path, {"axis": axis.float()}, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+        return
+    data: dict[str, Any] = {"axis": axis.detach().cpu()}
+    if metadata:
+        data["metadata"] = dict(metadata)
+    torch_save(path, data)
 
 
 def load_axis(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Load an axis from safetensors or a reference ``.pt`` file (``weights_only=True``)."""
+    """Load an axis: our ``.safetensors``, the reference ``{"axis": tensor}`` dict or a bare tensor ``.pt``.
+
+    ``.pt`` files are read with ``weights_only=True``. The axis comes back as float32
+    ``(layers, hidden)``; anything else (wrong layout, shape, NaN or inf) is a ``ValueError``.
+    """
     path = Path(path)
+    fix = "re-save it with save_axis(axis, path) from a (layers, hidden) tensor"
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        data = load_file(str(path))
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        data: Any = load_file(str(path))
     else:
         data = torch_load_safe(path)
-    if isinstance(data, torch.Tensor):
-        return data.float()
-    if isinstance(data, dict) and isinstance(data.get("axis"), torch.Tensor):
-        return data["axis"].float()
-    raise ValueError(f"{path}: expected a tensor or a dict with an 'axis' tensor")
+    if isinstance(data, dict):
+        if "axis" not in data:
+            raise ValueError(f"{path}: expected a tensor or a dict with an 'axis' tensor (keys: {sorted(map(str, data))})")
+        data = data["axis"]
+    return check_tensor(data, str(path), "axis", 2, fix).float()
+
+
+def save_role_vectors(
+    vectors: Mapping[str, torch.Tensor], directory: str | os.PathLike[str], default_roles: Sequence[str] = (DEFAULT_VECTOR_ROLE,)
+) -> list[Path]:
+    """Write one reference-layout ``<role>.pt`` per role: ``{"vector", "type", "role"}``.
+
+    ``type`` is ``"mean"`` for the default vector (the mean of every default response) and
+    ``"pos_3"`` for a role vector (the mean of its fully in-role responses), as the reference's
+    ``4_vectors.py`` writes it; its ``5_axis.py`` and notebooks read such a folder.
+    """
+    directory = Path(directory)
+    written = []
+    for role, vec in vectors.items():
+        out = directory / f"{role}.pt"
+        kind = "mean" if role in default_roles else "pos_3"
+        torch_save(out, {"vector": vec.detach().float().cpu(), "type": kind, "role": role})
+        written.append(out)
+    return written
+
+
+def load_role_vectors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Per-role vectors ``{role: (layers, hidden)}`` from any of the layouts in use.
+
+    * this project's ``role_vectors.safetensors`` (one tensor per role, ``default`` included);
+    * a folder of reference ``<role>.pt`` files (``{"vector", "type", "role"}``, or bare tensors);
+    * one reference ``<role>.pt`` file.
+
+    ``.pt`` files load with ``weights_only=True``; a role is named by the file's ``role`` field,
+    else its file name. Vectors must be finite, 2-D and of one shape.
+    """
+    path = Path(path)
+    fix = "write role vectors with save_role_vectors or the role_vectors stage"
+    if path.is_dir():
+        files = sorted(path.glob("*.pt"))
+        if not files:
+            raise ValueError(f"{path}: no <role>.pt files in this folder; {fix}")
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        out = {name: check_tensor(t, str(path), name, 2, fix) for name, t in load_file(str(path)).items()}
+        return _same_shape(out, str(path))
+    else:
+        files = [path]
+    out = {}
+    for file in files:
+        data = torch_load_safe(file)
+        role = file.stem
+        if isinstance(data, dict):
+            if "vector" not in data:
+                raise ValueError(f"{file}: expected a dict with a 'vector' tensor (reference layout); {fix}")
+            role = str(data.get("role", role))
+            data = data["vector"]
+        out[role] = check_tensor(data, str(file), "vector", 2, fix).float()
+    return _same_shape(out, str(path))
+
+
+def _same_shape(vectors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    shapes = {tuple(v.shape) for v in vectors.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"{source}: role vectors have different shapes {sorted(shapes)}; all must be (layers, hidden)")
+    return vectors

@@ -10,6 +10,19 @@ so after the intervention ``<h, v> >= tau`` at every capped token position.
 The reference project's ``capping_config.pt`` writes the same operation as a ceiling on the
 *role-ward* vector ``u = -v`` with cap ``c = -tau`` (``h <- h - u * max(<h, u> - c, 0)``).
 :meth:`CappingConfig.to_reference` and :meth:`CappingConfig.from_reference` convert between the two.
+
+Two loaders, two APIs:
+
+* :func:`load_capping_config` is the reference call: it returns the reference ``dict``
+  (``config["experiments"]``, ``config["vectors"][name]["vector"]``) from a reference ``.pt`` or our
+  ``.safetensors``, checked and loaded with ``weights_only=True``.
+* :meth:`CappingConfig.load` is this project's: experiments of :class:`Cap` floors, the recommended
+  experiment, metadata and the first-token policy.
+
+First-token policy: the reference caps every position. This project's pipeline skips position 0
+(its activation is ~100x the rest in many models, and flooring it can wreck generation) and says so
+in every file it writes: metadata ``first_token`` of ``capping.safetensors`` and the extra key
+``"first_token"`` (``"skip"`` or ``"cap"``) of ``capping_config.pt``, which reference code ignores.
 """
 
 from __future__ import annotations
@@ -26,9 +39,11 @@ import numpy as np
 import torch
 
 from .axis import EPS, unit
-from .storage import save_safetensors, torch_load_safe, torch_save
+from .models import default_windows  # noqa: F401  (re-exported: capping windows are a model fact, light at parse time)
+from .storage import check_tensor, save_safetensors, torch_load_safe, torch_save
 
 FORMAT = "assistant-axis-capping/1"
+FIRST_TOKEN_KEY = "first_token"  # extra key of our reference-layout files: "skip" or "cap"
 _EXPERIMENT_ID = re.compile(r"^layers_(\d+):(\d+)-p([0-9.]+)$")
 
 
@@ -165,11 +180,16 @@ class CappingConfig:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path}: not an assistant-axis capping file (metadata 'format' is {meta.get('format')!r})")
-            vectors = {int(k.split(".")[1]): f.get_tensor(k) for k in f.keys()}
-        experiments = [
-            CappingExperiment(e["id"], [Cap(int(layer), vectors[int(layer)], float(t)) for layer, t in e["caps"].items()])
-            for e in json.loads(meta["experiments"])
-        ]
+            fix = "recalibrate (the calibrate stage) to rewrite it"
+            vectors = {int(k.split(".")[1]): check_tensor(f.get_tensor(k), str(path), k, 1, fix) for k in f.keys()}
+        experiments = []
+        for e in json.loads(meta["experiments"]):
+            caps = []
+            for layer, t in e["caps"].items():
+                if int(layer) not in vectors or not np.isfinite(float(t)):
+                    raise ValueError(f"{path}: experiment {e['id']!r} layer {layer}: floor {t!r} must be finite and its vector present; {fix}")
+                caps.append(Cap(int(layer), vectors[int(layer)], float(t)))
+            experiments.append(CappingExperiment(e["id"], caps))
         return cls(
             experiments, meta.get("model") or None, meta.get("recommended") or None, json.loads(meta.get("metadata", "{}")),
             cap_first_token=meta.get("first_token", "skip") == "cap",
@@ -177,7 +197,8 @@ class CappingConfig:
 
     # ---- the reference layout ----
     def to_reference(self) -> dict[str, Any]:
-        """The reference ``capping_config.pt`` dict (role-ward unit vectors, ceilings)."""
+        """The reference ``capping_config.pt`` dict (role-ward unit vectors, ceilings) plus the
+        ``"first_token"`` policy key, which reference code ignores (it caps every position)."""
         vectors = {
             f"layer_{layer}": {"vector": Cap(layer, vec, 0.0).to_reference()[0], "layer": int(layer)}
             for layer, vec in sorted(self.vectors_by_layer().items())
@@ -186,34 +207,91 @@ class CappingConfig:
             {"id": e.id, "interventions": [{"vector": f"layer_{c.layer}", "cap": c.to_reference()[1]} for c in e.caps]}
             for e in self.experiments
         ]
-        return {"vectors": vectors, "experiments": experiments}
+        return {"vectors": vectors, "experiments": experiments, FIRST_TOKEN_KEY: "cap" if self.cap_first_token else "skip"}
 
     def save_reference(self, path: str | os.PathLike[str]) -> None:
         torch_save(path, self.to_reference())
 
     @classmethod
-    def from_reference(cls, data: Any, source: str = "capping config") -> CappingConfig:
-        """Read the reference layout; vectors are normalised there too, so caps apply to unit vectors."""
-        if not isinstance(data, dict) or "vectors" not in data or "experiments" not in data:
-            raise ValueError(f"{source}: expected a dict with 'vectors' and 'experiments' (the reference capping_config layout)")
+    def from_reference(cls, data: Any, source: str = "capping config", cap_first_token: bool | None = None) -> CappingConfig:
+        """Read the reference layout (checked by :func:`check_reference_capping`); caps apply to unit vectors.
+
+        ``cap_first_token``: the first-token policy; by default the file's ``"first_token"`` key when it
+        has one, else this project's policy (skip position 0). The reference itself caps every
+        position: pass ``True`` to reproduce it, or use the reference call ``build_capping_steerer``.
+        """
+        data = check_reference_capping(data, source)
         experiments = []
         for n, exp in enumerate(data["experiments"]):
             inters = []
             for inter in exp.get("interventions", []):
                 if "cap" not in inter:
                     continue
-                name = inter.get("vector")
-                if name not in data["vectors"]:
-                    raise ValueError(f"{source}: experiments[{n}] names vector {name!r}, which is not in 'vectors'")
-                entry = data["vectors"][name]
+                entry = data["vectors"][inter["vector"]]
                 inters.append(Cap.from_reference(int(entry["layer"]), entry["vector"], float(inter["cap"])))
             experiments.append(CappingExperiment(str(exp.get("id", n)), inters))
-        return cls(experiments)
+        if cap_first_token is None:
+            cap_first_token = data.get(FIRST_TOKEN_KEY) == "cap"
+        return cls(experiments, cap_first_token=cap_first_token)
 
 
-def load_capping_config(path: str | os.PathLike[str]) -> CappingConfig:
-    """Load our ``.safetensors`` capping file or a reference ``.pt`` one (safely, ``weights_only=True``)."""
-    return CappingConfig.load(path)
+def check_reference_capping(data: Any, source: str = "capping config") -> dict[str, Any]:
+    """``data`` if it is a well-formed reference capping dict, else a one-line ``ValueError``.
+
+    Checked: ``vectors`` maps names to ``{"vector": finite 1-D tensor, "layer": int}``; every
+    experiment is a dict with an ``id`` and a list of ``interventions``, each naming a known vector
+    and, for capping, a finite ``cap``; all vectors have one length.
+    """
+    fix = "expected the reference layout {'vectors': {name: {'vector', 'layer'}}, 'experiments': [{'id', 'interventions'}]}"
+    if not isinstance(data, dict) or "vectors" not in data or "experiments" not in data:
+        raise ValueError(f"{source}: expected a dict with 'vectors' and 'experiments' (the reference capping_config layout)")
+    if not isinstance(data["vectors"], dict):
+        raise ValueError(f"{source}: field 'vectors' must be a dict name -> {{'vector', 'layer'}}; {fix}")
+    sizes = set()
+    for name, entry in data["vectors"].items():
+        if not isinstance(entry, dict) or "vector" not in entry or "layer" not in entry:
+            raise ValueError(f"{source}: field vectors[{name!r}] must be a dict with 'vector' and 'layer'; {fix}")
+        check_tensor(entry["vector"], source, f"vectors[{name!r}].vector", 1, fix)
+        if isinstance(entry["layer"], bool) or not isinstance(entry["layer"], int) or entry["layer"] < 0:
+            raise ValueError(f"{source}: field vectors[{name!r}].layer must be a non-negative int, got {entry['layer']!r}")
+        sizes.add(int(entry["vector"].numel()))
+    if len(sizes) > 1:
+        raise ValueError(f"{source}: field 'vectors' holds vectors of different lengths {sorted(sizes)}; all must be d_model")
+    if not isinstance(data["experiments"], list):
+        raise ValueError(f"{source}: field 'experiments' must be a list of {{'id', 'interventions'}} dicts")
+    for n, exp in enumerate(data["experiments"]):
+        if not isinstance(exp, dict) or "id" not in exp or not isinstance(exp.get("interventions"), list):
+            raise ValueError(f"{source}: field experiments[{n}] must be a dict with 'id' and an 'interventions' list")
+        for i, inter in enumerate(exp["interventions"]):
+            where = f"experiments[{n}].interventions[{i}]"
+            if not isinstance(inter, dict) or inter.get("vector") not in data["vectors"]:
+                name = inter.get("vector") if isinstance(inter, dict) else inter
+                raise ValueError(f"{source}: field {where} names vector {name!r}, which is not in 'vectors'")
+            if "cap" in inter:
+                cap = inter["cap"]
+                if isinstance(cap, torch.Tensor) and cap.numel() == 1:
+                    cap = cap.item()
+                if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not np.isfinite(cap):
+                    raise ValueError(f"{source}: field {where}.cap is {cap!r}; it must be a finite number (the ceiling)")
+    policy = data.get(FIRST_TOKEN_KEY)
+    if policy is not None and policy not in ("skip", "cap"):
+        raise ValueError(f"{source}: field {FIRST_TOKEN_KEY!r} is {policy!r}; it must be 'skip' or 'cap'")
+    return data
+
+
+def load_capping_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reference API: the capping config as the reference ``dict`` with keys ``vectors`` and ``experiments``.
+
+    A ``.pt`` file is loaded with ``weights_only=True`` (the reference unpickles it) and checked
+    (:func:`check_reference_capping`); our ``.safetensors`` file is converted to the same layout
+    (role-ward unit vectors, ceilings) plus its ``"first_token"`` policy. Pass the result to
+    :func:`assistant_axis.steering.build_capping_steerer`. This project's own object with floors,
+    the recommended experiment and metadata is :meth:`CappingConfig.load`.
+    """
+    path = Path(config_path)
+    if path.suffix == ".safetensors":
+        return CappingConfig.load(path).to_reference()
+    return check_reference_capping(torch_load_safe(path), str(path))
 
 
 def experiment_id(start: int, stop: int, percentile: float) -> str:
@@ -234,13 +312,14 @@ def calibrate(
     windows: Sequence[tuple[int, int]],
     percentiles: Sequence[float],
     model: str | None = None,
+    cap_first_token: bool = False,
 ) -> CappingConfig:
     """Per-layer thresholds from the spread of projections, for a grid of windows x percentiles.
 
     ``projections`` is ``(n_samples, layers)``: every role-play and default response mean projected
     on the unit axis at each layer. A percentile ``p`` follows the reference naming, which is taken
     in the role-ward frame: ``p0.25`` is a floor at the ``1 - 0.25 = 75``-th percentile of the
-    Assistant-axis projections.
+    Assistant-axis projections. ``cap_first_token`` is the policy recorded with the experiments.
     """
     proj = np.asarray(projections, dtype=np.float64)
     vectors = unit(axis.float())
@@ -253,12 +332,4 @@ def calibrate(
                 raise ValueError(f"capping percentile {p} is not within [0, 1]")
             inters = [Cap(layer, vectors[layer], float(np.quantile(proj[:, layer], 1.0 - p))) for layer in range(start, stop)]
             experiments.append(CappingExperiment(experiment_id(start, stop, p), inters))
-    return CappingConfig(experiments, model=model)
-
-
-def default_windows(total_layers: int) -> list[tuple[int, int]]:
-    """Three windows of about 1/8 of the depth, between 50% and 85%: where the paper's
-    recommended caps sit (Qwen3-32B 46:54 of 64, Llama-3.3-70B 56:72 of 80)."""
-    width = max(2, round(total_layers / 8))
-    starts = sorted({round(total_layers * f) for f in (0.5, 0.6, 0.7)})
-    return [(s, min(s + width, total_layers)) for s in starts if s < total_layers]
+    return CappingConfig(experiments, model=model, cap_first_token=cap_first_token)

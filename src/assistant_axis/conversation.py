@@ -69,14 +69,18 @@ def supports_system_role(tokenizer: Any) -> bool:
 
 
 def prepare_messages(tokenizer: Any, messages: list[Message]) -> list[Message]:
-    """Merge a leading system message into the first user turn when the template has no system role."""
+    """Merge a leading system message into the first user turn when the template has no system role.
+
+    When the conversation after the system message does not start with a user turn (the drift
+    stage's simulated user sees the conversation with the roles swapped, so it starts with an
+    assistant turn), the system text becomes a user turn of its own in front: templates without a
+    system role (Gemma) also demand that turns alternate starting with the user.
+    """
     if not messages or messages[0]["role"] != "system" or supports_system_role(tokenizer):
         return [dict(m) for m in messages]
     system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
-    for msg in rest:
-        if msg["role"] == "user":
-            msg["content"] = f"{system}\n\n{msg['content']}" if system else msg["content"]
-            break
+    if rest and rest[0]["role"] == "user":
+        rest[0]["content"] = f"{system}\n\n{rest[0]['content']}" if system else rest[0]["content"]
     else:
         rest.insert(0, {"role": "user", "content": system})
     return rest

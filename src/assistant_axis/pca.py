@@ -27,12 +27,13 @@ Semantics (checked against the reference implementation, safety-research/assista
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "L2MeanScaler",
@@ -277,6 +278,9 @@ def plot_variance_explained(
     and nothing is shown; save it with ``fig.savefig``. Curve lines carry their label; threshold lines
     have labels starting with ``_`` (matplotlib's convention for "not in the legend").
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: importing the package stays light
+    from matplotlib.figure import Figure
+
     if max_components is not None and max_components < 1:
         raise ValueError("max_components must be at least 1")
     curves = _curves(variance_explained_or_dict)

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ROLE = "default"
+# The placeholders a role file may use: system prompts get the model's short name, the judge
+# prompt the question and the answer. Any other {name} would reach the model or the judge verbatim.
+PROMPT_PLACEHOLDERS = ("{model_name}",)
+EVAL_PLACEHOLDERS = ("{question}", "{answer}")
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 class RoleSetError(ValueError):
@@ -42,6 +48,22 @@ class Question:
     text: str
 
 
+@dataclass(frozen=True)
+class RoleSet:
+    """A validated selection of roles and questions: what a run will ask, checked before any job."""
+
+    roles: dict[str, Role]
+    questions: list[Question]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.roles)
+
+
+def _unknown_placeholder(text: str, allowed: tuple[str, ...]) -> str | None:
+    return next((m for m in _PLACEHOLDER.findall(text) if m not in allowed), None)
+
+
 def _instructions_dir(roles_dir: Path) -> Path:
     sub = roles_dir / "instructions"
     return sub if sub.is_dir() else roles_dir
@@ -65,14 +87,25 @@ def load_role(path: str | os.PathLike[str]) -> Role:
             raise RoleSetError(f"{path}: field 'instruction[{i}].pos' must be a string (the system prompt)")
         if name != DEFAULT_ROLE and not entry["pos"].strip():
             raise RoleSetError(f"{path}: field 'instruction[{i}].pos' is empty; write the role's system prompt")
+        bad = _unknown_placeholder(entry["pos"], PROMPT_PLACEHOLDERS)
+        if bad:
+            raise RoleSetError(
+                f"{path}: field 'instruction[{i}].pos' has the unknown placeholder {bad}; "
+                f"the only one filled in is {PROMPT_PLACEHOLDERS[0]}"
+            )
         prompts.append(entry["pos"])
     eval_prompt = data.get("eval_prompt")
     if name != DEFAULT_ROLE:
         if not isinstance(eval_prompt, str) or not eval_prompt.strip():
             raise RoleSetError(f"{path}: field 'eval_prompt' is missing; add the judge prompt with {{question}} and {{answer}}")
-        for slot in ("{question}", "{answer}"):
+        for slot in EVAL_PLACEHOLDERS:
             if slot not in eval_prompt:
                 raise RoleSetError(f"{path}: field 'eval_prompt' lacks the placeholder {slot}; the judge needs it")
+        bad = _unknown_placeholder(eval_prompt, EVAL_PLACEHOLDERS)
+        if bad:
+            raise RoleSetError(
+                f"{path}: field 'eval_prompt' has the unknown placeholder {bad}; only {{question}} and {{answer}} are filled in"
+            )
     elif eval_prompt is not None and not isinstance(eval_prompt, str):
         raise RoleSetError(f"{path}: field 'eval_prompt' must be a string")
     return Role(name, tuple(prompts), eval_prompt)
@@ -90,9 +123,18 @@ def list_roles(roles_dir: str | os.PathLike[str]) -> list[str]:
     role_list = roles_dir / "role_list.json"
     if role_list.exists():
         try:
-            listed = json.loads(role_list.read_text(encoding="utf-8"))
+            pairs = json.loads(role_list.read_text(encoding="utf-8"), object_pairs_hook=list)
         except json.JSONDecodeError as exc:
             raise RoleSetError(f"{role_list}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if isinstance(pairs, list) and all(isinstance(p, tuple) for p in pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise RoleSetError(f"{role_list}: role {key!r} is listed twice; keep one entry per role")
+                seen.add(key)
+            listed = dict(pairs)
+        else:
+            listed = pairs
         if not isinstance(listed, dict):
             raise RoleSetError(f"{role_list}: must be an object mapping role name -> description")
         missing = sorted(set(listed) - set(names))
@@ -109,6 +151,9 @@ def select_roles(roles_dir: str | os.PathLike[str], wanted: str | list[str]) -> 
     available = list_roles(roles_dir)
     if wanted == "all":
         return available
+    twice = sorted({n for n in wanted if list(wanted).count(n) > 1})
+    if twice:
+        raise RoleSetError(f"config key 'roles': {', '.join(twice)} listed more than once; name each role once")
     unknown = [n for n in wanted if n not in available]
     if unknown:
         raise RoleSetError(f"{roles_dir}: no role file for {', '.join(unknown[:10])} (config key 'roles')")
@@ -146,3 +191,36 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     if not out:
         raise RoleSetError(f"{path}: no questions")
     return out
+
+
+def check_role_set(
+    roles_dir: str | os.PathLike[str],
+    wanted: str | list[str],
+    questions_file: str | os.PathLike[str],
+    *,
+    n_prompts: int,
+    n_default_prompts: int,
+    n_questions: int,
+) -> RoleSet:
+    """Load and check everything generation will read, before any job: role files, questions, counts.
+
+    Besides the per-file checks of :func:`load_role` and :func:`load_questions`, every selected role
+    must have the system prompts the config asks for and the questions file enough questions, so
+    the run has the size its plan states.
+    """
+    roles = load_roles(roles_dir, None if wanted == "all" else list(wanted))
+    inst = _instructions_dir(Path(roles_dir))
+    for name, role in roles.items():
+        need, key = (n_default_prompts, "default_prompts") if name == DEFAULT_ROLE else (n_prompts, "prompts_per_role")
+        if len(role.prompts) < need:
+            raise RoleSetError(
+                f"{inst / (name + '.json')}: field 'instruction' has {len(role.prompts)} prompts but config key "
+                f"'{key}' asks for {need}; add prompts or lower {key}"
+            )
+    questions = load_questions(questions_file)
+    if len(questions) < n_questions:
+        raise RoleSetError(
+            f"{questions_file}: {len(questions)} questions but config key 'questions_per_role' asks for {n_questions}; "
+            "add questions or lower questions_per_role"
+        )
+    return RoleSet(roles, questions[:n_questions])

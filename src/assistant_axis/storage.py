@@ -90,3 +90,24 @@ def torch_load_safe(path: str | os.PathLike[str]) -> Any:
             f"{path}: cannot be loaded safely with weights_only=True ({type(exc).__name__}). "
             "Only tensors, dicts, lists, numbers and strings are accepted; re-save the file with plain types."
         ) from exc
+
+
+def check_tensor(value: Any, source: str, field: str, ndim: int, fix: str) -> Any:
+    """``value`` if it is a finite floating tensor of ``ndim`` dimensions, else a one-line ``ValueError``.
+
+    The message names the file (``source``), the field and the ``fix``: loaded files are checked
+    before use so a truncated or corrupted vector never silently turns results into NaN.
+    """
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{source}: field {field!r} is {type(value).__name__}, not a tensor; {fix}")
+    if value.ndim != ndim or not value.is_floating_point():
+        raise ValueError(
+            f"{source}: field {field!r} has shape {tuple(value.shape)} and dtype {value.dtype}; "
+            f"expected a {ndim}-D floating tensor; {fix}"
+        )
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        raise ValueError(f"{source}: field {field!r} has {int((~finite).sum())} non-finite values (NaN or inf); {fix}")
+    return value

@@ -13,6 +13,8 @@ rule axis:
         target_layer=lambda w: target_layer(w.run),
     log:
         L.log("axis"),
+    benchmark:
+        L.benchmark("axis")
     script:
         "../scripts/axis.py"
 

@@ -14,12 +14,16 @@ rule calibrate:
     params:
         windows=lambda w: capping_windows(w.run),
         percentiles=lambda w: settings(w.run)["capping"]["percentiles"],
+        cap_first_token=lambda w: settings(w.run)["capping"]["cap_first_token"],
         target_layer=lambda w: target_layer(w.run),
         model=lambda w: settings(w.run)["model"],
     log:
         L.log("calibrate"),
+    benchmark:
+        L.benchmark("calibrate")
     script:
         "../scripts/calibrate.py"
 
 
-FINAL.extend([L.stage("calibrate", "capping_config.pt"), L.stage("calibrate", "calibration.png")])
+# only for runs whose capping is on (see common.smk)
+CAPPING_FINAL.extend([L.stage("calibrate", "capping_config.pt"), L.stage("calibrate", "calibration.png")])

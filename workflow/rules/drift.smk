@@ -14,8 +14,10 @@ rule drift:
         transcripts=L.stage("drift", "transcripts.json"),
         plot=report(L.stage("drift", "drift.png"), category="Persona drift", caption="../report/drift_plot.rst"),
     params:
+        backend=lambda w: run_backend(w.run),
+        vllm=lambda w: settings(w.run)["vllm"],
         dtype=lambda w: settings(w.run)["dtype"],
-        device=lambda w: settings(w.run)["device"],
+        device=lambda w: hf_device(w.run),
         target_layer=lambda w: target_layer(w.run),
         domains=DRIFT["domains"],
         conversations_per_domain=DRIFT["conversations_per_domain"],
@@ -30,9 +32,9 @@ rule drift:
         title=lambda w: w.run,
     threads: CFG["threads"]
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=lambda w: uses_gpu(w.run),
+        mem_mb=resources_of("drift", "mem_mb"),
+        runtime=resources_of("drift", "runtime"),
+        gpu=resources_of("drift", "gpu"),
     log:
         L.log("drift"),
     benchmark:

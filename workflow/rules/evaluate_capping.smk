@@ -22,8 +22,10 @@ rule evaluate_capping:
         config=L.stage("evaluate_capping", "capping_recommended.safetensors"),
         reference=L.stage("evaluate_capping", "capping_recommended_config.pt"),
     params:
+        backend=lambda w: run_backend(w.run),
+        vllm=lambda w: settings(w.run)["vllm"],
         dtype=lambda w: settings(w.run)["dtype"],
-        device=lambda w: settings(w.run)["device"],
+        device=lambda w: hf_device(w.run),
         percentiles=EVAL["percentiles"],
         n_jailbreaks=EVAL["n_jailbreaks"],
         n_mc=EVAL["n_mc"],
@@ -37,11 +39,14 @@ rule evaluate_capping:
         max_perplexity_increase=EVAL["max_perplexity_increase"],
         max_mc_drop=EVAL["max_mc_drop"],
         cache_dir=lambda w: RunLayout(w.run).cache("evaluate_capping", "conditions"),
+        n_bootstrap=CFG["uncertainty"]["n_bootstrap"],
+        confidence=CFG["uncertainty"]["confidence"],
+        bootstrap_seed=CFG["uncertainty"]["seed"],
     threads: CFG["threads"]
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=lambda w: uses_gpu(w.run),
+        mem_mb=resources_of("evaluate_capping", "mem_mb"),
+        runtime=resources_of("evaluate_capping", "runtime"),
+        gpu=resources_of("evaluate_capping", "gpu"),
     log:
         L.log("evaluate_capping"),
     benchmark:
@@ -50,7 +55,8 @@ rule evaluate_capping:
         "../scripts/evaluate_capping.py"
 
 
-FINAL.extend(
+# only for runs whose capping is on (see common.smk)
+CAPPING_FINAL.extend(
     [
         L.stage("evaluate_capping", "recommended.json"),
         L.stage("evaluate_capping", "pareto.png"),

@@ -7,15 +7,17 @@ rule extract:
         L.shard("extract"),
     params:
         dtype=lambda w: settings(w.run)["dtype"],
-        device=lambda w: settings(w.run)["device"],
-        batch_size=CFG["extraction"]["batch_size"],
-        max_batch_tokens=CFG["extraction"]["max_batch_tokens"],
+        device=lambda w: hf_device(w.run),
+        batch_size=lambda w: settings(w.run)["extraction"]["batch_size"],
+        max_batch_tokens=lambda w: settings(w.run)["extraction"]["max_batch_tokens"],
+        storage_dtype=lambda w: settings(w.run)["extraction"]["storage_dtype"],
+        layers=lambda w: settings(w.run)["extraction"]["layers"],
         cache_dir=lambda w: RunLayout(w.run).cache("extract"),
     threads: CFG["threads"]
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=lambda w: uses_gpu(w.run),
+        mem_mb=resources_of("extract", "mem_mb"),
+        runtime=resources_of("extract", "runtime"),
+        gpu=resources_of("extract", "gpu"),
     log:
         L.log("extract", "{shard}"),
     benchmark:

@@ -8,9 +8,9 @@ rule generate:
         roles_dir=CFG["roles_dir"],
         questions_file=CFG["questions_file"],
         roles=lambda w: roles_of(w.shard),
-        backend=lambda w: settings(w.run)["backend"],
+        backend=lambda w: run_backend(w.run),
         dtype=lambda w: settings(w.run)["dtype"],
-        device=lambda w: settings(w.run)["device"],
+        device=lambda w: hf_device(w.run),
         n_prompts=CFG["prompts_per_role"],
         n_default_prompts=CFG["default_prompts"],
         n_questions=CFG["questions_per_role"],
@@ -20,9 +20,9 @@ rule generate:
         cache_dir=lambda w: RunLayout(w.run).cache("generate"),
     threads: CFG["threads"]
     resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=lambda w: uses_gpu(w.run),
+        mem_mb=resources_of("generate", "mem_mb"),
+        runtime=resources_of("generate", "runtime"),
+        gpu=resources_of("generate", "gpu"),
     log:
         L.log("generate", "{shard}"),
     benchmark:

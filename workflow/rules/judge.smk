@@ -10,8 +10,8 @@ rule judge:
         cache_path=lambda w: RunLayout(w.run).cache("judge", "verdicts.sqlite"),
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=240,
+        mem_mb=resources_of("judge", "mem_mb"),
+        runtime=resources_of("judge", "runtime"),
     log:
         L.log("judge", "{shard}"),
     benchmark:

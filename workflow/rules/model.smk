@@ -10,5 +10,7 @@ rule model:
         facts=lambda w: facts(w.run).as_dict(),
     log:
         L.log("model"),
+    benchmark:
+        L.benchmark("model")
     script:
         "../scripts/model.py"

@@ -19,6 +19,8 @@ rule persona_space:
         title=lambda w: w.run,
     log:
         L.log("persona_space"),
+    benchmark:
+        L.benchmark("persona_space")
     script:
         "../scripts/persona_space.py"
 

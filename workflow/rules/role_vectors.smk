@@ -15,5 +15,7 @@ rule role_vectors:
         model=lambda w: settings(w.run)["model"],
     log:
         L.log("role_vectors"),
+    benchmark:
+        L.benchmark("role_vectors")
     script:
         "../scripts/role_vectors.py"

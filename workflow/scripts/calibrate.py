@@ -9,6 +9,7 @@ run_stage(
     axis=sm.input.axis,
     windows=[list(w) for w in sm.params.windows],
     percentiles=list(sm.params.percentiles),
+    cap_first_token=bool(sm.params.cap_first_token),
     model=sm.params.model,
     target_layer=sm.params.target_layer,
     config_out=sm.output.config,

@@ -14,4 +14,6 @@ run_stage(
     max_batch_tokens=p.max_batch_tokens,
     cache_dir=p.cache_dir,
     output=sm.output[0],
+    storage_dtype=p.storage_dtype,
+    layers=None if p.layers is None else list(p.layers),
 )

@@ -12,14 +12,15 @@ COMMAND_MODULES: list[str] = [
     "assistant_axis.cli.project",
     "assistant_axis.cli.chat",
     "assistant_axis.cli.generate",
+    "assistant_axis.cli.plan",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="assistant-axis",
-        description="Project conversations on the Assistant Axis, chat while watching it, generate with capping. "
-        "The axis itself is computed by the Snakemake pipeline (see README.md).",
+        description="Project conversations on the Assistant Axis, chat while watching it, generate with capping, "
+        "plan a pipeline run. The axis itself is computed by the Snakemake pipeline (see README.md).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -109,7 +109,7 @@ class ChatState:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..capping import load_capping_config
+    from ..capping import CappingConfig
     from ..generation import SamplingSettings, generate_batch
     from ..models import DEFAULT_MODEL, describe_model, load_model
     from ..monitor import project_conversation
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     steerer = None
     steering_config: dict[str, Any] | None = None
     if args.capping_config:
-        config = load_capping_config(args.capping_config)
+        config = CappingConfig.load(args.capping_config)  # the file's first-token policy applies
         exp_id = args.experiment or config.recommended or config.experiments[0].id
         steerer = build_capping_steerer(model, config, exp_id)
         layers = config.get(exp_id).layers

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..capping import CappingExperiment, load_capping_config
+from ..capping import CappingConfig, CappingExperiment
 from ..conversation import build_conversation
 from ..generation import SamplingSettings
 from ..models import DEFAULT_MODEL
@@ -44,7 +44,7 @@ def resolve_experiment(path: str | None, cap: str | None) -> CappingExperiment |
         return None
     if path is None:
         raise ValueError("--cap needs --capping-config (a capping .safetensors or reference .pt file)")
-    config = load_capping_config(path)
+    config = CappingConfig.load(path)
     if cap == RECOMMENDED:
         if not config.recommended:
             raise ValueError(f"{path}: no recommended experiment is set; pass an experiment id to --cap")

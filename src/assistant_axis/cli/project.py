@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..capping import load_capping_config
+    from ..capping import CappingConfig
     from ..models import DEFAULT_MODEL, describe_model, load_model
     from ..monitor import default_max_tokens, project_conversation
     from ..plots import trajectory_plot
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     steerer = None
     floor = None
     if args.capping_config:
-        config = load_capping_config(args.capping_config)
+        config = CappingConfig.load(args.capping_config)  # the file's first-token policy applies
         exp_id = args.experiment or config.recommended or config.experiments[0].id
         steerer = build_capping_steerer(model, config, exp_id)
         capping = {"config": args.capping_config, "experiment_id": exp_id, "layers": config.get(exp_id).layers}

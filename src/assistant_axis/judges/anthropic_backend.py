@@ -26,7 +26,7 @@ from typing import Any
 
 from ..storage import write_json
 from .api import APIJudge, MalformedReplyError, Reply, api_key_from_env, reply_from_json
-from .base import CostEstimate, parse_score
+from .base import CostEstimate
 from .cache import VerdictCache
 
 log = logging.getLogger("assistant_axis.judges")
@@ -175,7 +175,7 @@ class AnthropicJudge(APIJudge):
             self.report.called += 1
             self.report.input_tokens += message.usage.input_tokens
             self.report.output_tokens += message.usage.output_tokens
-            score = parse_score(text)
+            score = self.parse(text)
             rows.append((h, score, text))
             results[h] = (score, text)
             if len(rows) >= _STORE_EVERY:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from .base import CostEstimate, Judge, MissingAPIKeyError, estimate_tokens, parse_score
+from .base import CostEstimate, Judge, MissingAPIKeyError, estimate_tokens
 from .cache import VerdictCache
 
 log = logging.getLogger("assistant_axis.judges")
@@ -42,6 +42,27 @@ PRICES_USD_PER_MTOK: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),
 }
 BATCH_DISCOUNT = 0.5
+DEFAULT_MAX_TOKENS = 10  # a judge reply is one digit; room for a short preamble
+
+
+def price_usd_per_mtok(model: str, cfg: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``(input, output)`` USD per million tokens: the config's ``price_usd_per_mtok``, else the table's, else None."""
+    price = cfg.get("price_usd_per_mtok")
+    if price is not None:
+        return float(price[0]), float(price[1])
+    return PRICES_USD_PER_MTOK.get(model)
+
+
+def estimate_cost(
+    n_calls: int, tokens_in: int, tokens_out: int, price: tuple[float, float] | None, batch: bool = False
+) -> CostEstimate:
+    """The cost of ``n_calls`` with these token counts at ``price`` (batch requests at the batch discount)."""
+    usd = None
+    if price is not None:
+        usd = (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+        if batch:
+            usd *= BATCH_DISCOUNT
+    return CostEstimate(n_calls, tokens_in, tokens_out, usd, batch)
 
 
 class MalformedReplyError(Exception):
@@ -112,15 +133,12 @@ class APIJudge(Judge):
     def __init__(self, model: str, cache: VerdictCache, cfg: Mapping[str, Any]):
         super().__init__(model, cache, cfg.get("budget_usd"), bool(cfg.get("allow_over_budget", False)))
         self.base_url: str | None = cfg.get("base_url")
-        self.max_tokens = int(cfg.get("max_tokens", 10))
+        self.max_tokens = int(cfg.get("max_tokens", DEFAULT_MAX_TOKENS))
         self.max_concurrency = int(cfg.get("max_concurrency", 4))
         self.max_retries = int(cfg.get("max_retries", 4))
         self.timeout_s = float(cfg.get("timeout_s", 60.0))
         self.limiter = RateLimiter(cfg.get("requests_per_minute"))
-        price = cfg.get("price_usd_per_mtok")
-        self.price: tuple[float, float] | None = (
-            (float(price[0]), float(price[1])) if price is not None else PRICES_USD_PER_MTOK.get(model)
-        )
+        self.price = price_usd_per_mtok(model, cfg)
         self._client_obj: Any = None
 
     # -- subclass hooks --------------------------------------------------------------------------
@@ -150,15 +168,8 @@ class APIJudge(Judge):
         return self._client_obj
 
     def _estimate(self, todo: Mapping[str, str], batch: bool = False) -> CostEstimate:
-        n = len(todo)
         tokens_in = sum(estimate_tokens(p) for p in todo.values())
-        tokens_out = n * self.max_tokens
-        usd = None
-        if self.price is not None:
-            usd = (tokens_in * self.price[0] + tokens_out * self.price[1]) / 1e6
-            if batch:
-                usd *= BATCH_DISCOUNT
-        return CostEstimate(n, tokens_in, tokens_out, usd, batch)
+        return estimate_cost(len(todo), tokens_in, len(todo) * self.max_tokens, self.price, batch)
 
     def _ask(self, prompt: str) -> Reply:
         """One prompt, with the SDK's retries plus up to ``max_retries`` retries of malformed bodies."""
@@ -220,7 +231,7 @@ class APIJudge(Judge):
         self.report.called += 1
         self.report.input_tokens += reply.input_tokens
         self.report.output_tokens += reply.output_tokens
-        score = parse_score(reply.text)
+        score = self.parse(reply.text)
         self._store([(h, score, reply.text)])
         results[h] = (score, reply.text)
 

@@ -19,6 +19,7 @@ a guess. The raw reply cached for each verdict is a JSON record of these feature
 
 A filled-in harm rubric (``resources/jailbreaks/harm_rubric.txt``, recognised by its first line) is
 scored by the harm rules of :mod:`assistant_axis.judges.harm` instead, on that rubric's 0-3 scale.
+A judge made for the 0-100 trait scale scores trait eval prompts with :mod:`.trait_rules`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import json
 import re
 from collections.abc import Mapping
 
-from .base import Judge
+from .base import TRAIT_SCALE, Judge
 from .harm import is_harm_prompt, score_harm_prompt
 from .text_rules import REFUSAL_RE, WORD_RE, content_stems
+from .trait_rules import score_trait_prompt
 
 MODEL = "heuristic-v2"
 
@@ -89,12 +91,14 @@ def score_any(prompt: str) -> tuple[int | None, str]:
 
 
 class OfflineJudge(Judge):
-    """Rule-based judge (``heuristic-v2``, role-play and harm rubrics); free and instant, so no budget and no progress tracking."""
+    """Rule-based judge (``heuristic-v2``: role-play and harm rubrics; ``trait-heuristic-v1``: trait
+    prompts on the 0-100 scale); free and instant, so no budget and no progress tracking."""
 
     backend = "offline"
 
     def _run(self, todo: Mapping[str, str]) -> dict[str, tuple[int | None, str]]:
-        rows = [(h, *score_any(p)) for h, p in todo.items()]
+        rule = score_trait_prompt if self.scale == TRAIT_SCALE else score_any
+        rows = [(h, *rule(p)) for h, p in todo.items()]
         self._store(rows)
         # an unlocatable reply is a problem with the prompt, reported like an unparsed API reply
         return {h: (score, raw) for h, score, raw in rows}

@@ -16,5 +16,5 @@ def build_axis(*, vectors: str, model: str, target_layer: int, axis_out: str, ax
     """
     default, roles = load_vectors(vectors)
     axis = compute_axis(torch.stack(list(roles.values())), default.unsqueeze(0))
-    save_axis(axis_out, axis, metadata={"model": model, "roles": str(len(roles)), "target_layer": str(target_layer)})
-    save_axis(axis_pt_out, axis)
+    save_axis(axis, axis_out, metadata={"model": model, "roles": str(len(roles)), "target_layer": str(target_layer)})
+    save_axis(axis, axis_pt_out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -79,14 +79,17 @@ def resume(
     cache: UnitCache,
     groups: Sequence[Sequence[str]],
     fingerprints: Mapping[str, str],
-    compute: Callable[[Sequence[str]], Mapping[str, pa.Table]],
+    compute: Callable[[Sequence[str]], Mapping[str, pa.Table]] | None,
     stage: str,
+    compute_all: Callable[[list[Sequence[str]]], Iterable[Mapping[str, pa.Table]]] | None = None,
 ) -> dict[str, pa.Table]:
-    """The table of every unit: from the cache where present, else computed group by group.
+    """The table of every unit: from the cache where present, else computed.
 
-    ``fingerprints`` maps each unit to the fingerprint of its inputs. A group is computed (by
-    ``compute(group) -> {unit: table}``) when any of its units is missing, and each of its units is
-    cached as soon as the group is done, so a killed job loses at most the group in progress.
+    ``fingerprints`` maps each unit to the fingerprint of its inputs. A group is computed when any
+    of its units is missing, and each of its units is cached as soon as its result arrives, so a
+    killed job loses at most the work in progress. Either ``compute(group) -> {unit: table}`` runs
+    group after group, or ``compute_all(unfinished groups)`` gets them all at once (one engine
+    serving every group together, e.g. vLLM) and yields ``{unit: table}`` mappings as units finish.
     """
     tables: dict[str, pa.Table] = {}
     todo: list[Sequence[str]] = []
@@ -98,13 +101,25 @@ def resume(
             todo.append(group)
     units = sum(len(g) for g in groups)
     log.info("%s: %d units in %d groups, %d groups cached, %d to do", stage, units, len(groups), len(groups) - len(todo), len(todo))
-    for n, group in enumerate(todo, 1):
-        computed = compute(group)
-        missing = [unit for unit in group if unit not in computed]
-        if missing:
-            raise RuntimeError(f"{stage}: group computation returned no result for {missing}")
-        for unit in group:
-            cache.put(unit, fingerprints[unit], computed[unit])
-            tables[unit] = computed[unit]
-        log.info("%s: group %d/%d done (%s)", stage, n, len(todo), ", ".join(group))
+    if not todo:
+        return tables
+    if compute_all is not None:
+        results: Iterable[Mapping[str, pa.Table]] = compute_all(todo)
+    elif compute is not None:
+        results = (compute(group) for group in todo)
+    else:
+        raise ValueError("resume needs compute or compute_all")
+    wanted = {unit for group in todo for unit in group}
+    done = 0
+    for computed in results:
+        for unit, table in computed.items():
+            if unit not in wanted:
+                raise RuntimeError(f"{stage}: computation returned a result for {unit!r}, which was not asked for")
+            cache.put(unit, fingerprints[unit], table)
+            tables[unit] = table
+        done += 1
+        log.info("%s: %d/%d done (%s)", stage, done, len(todo), ", ".join(computed))
+    missing = sorted(wanted - set(tables))
+    if missing:
+        raise RuntimeError(f"{stage}: group computation returned no result for {missing}")
     return tables

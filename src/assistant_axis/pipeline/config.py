@@ -9,6 +9,8 @@ to any of them reruns exactly the steps that use it, and only for the run it bel
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import jsonschema
 import yaml
 
 # Sections a run may override for itself (models.<run>.<section>); they replace global values key by key.
-RUN_SECTIONS = ("generation", "judge", "vllm", "capping")
+RUN_SECTIONS = ("generation", "judge", "vllm", "capping", "extraction")
 
 
 class ConfigError(ValueError):
@@ -71,7 +73,27 @@ def fill_defaults(schema: dict[str, Any], node: dict[str, Any], instance: Any) -
                 fill_defaults(schema, extra, value)
 
 
+def _numbers(node: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    """Every float in a config with its dotted key path."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numbers(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _numbers(value, f"{path}[{i}]")
+    elif isinstance(node, float):
+        yield path, node
+
+
+def reject_non_finite(config: dict[str, Any]) -> None:
+    """NaN and infinity pass JSON-schema range checks (every comparison with NaN is false): refuse them here."""
+    for path, value in _numbers(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{path}': {value} is not a finite number; write a number")
+
+
 def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> None:
+    reject_non_finite(config)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -81,7 +103,7 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any]) -> None:
             if err.validator == "additionalProperties":
                 msg += f" (allowed keys: {', '.join(sorted(err.schema.get('properties', {})))})"
             lines.append(f"config key '{_key_path(err)}': {msg}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+        raise ConfigError("\n".join(lines))
 
 
 def load_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
@@ -104,6 +126,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def merge_config(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
+    """``over`` laid on ``base`` (nested sections key by key), as Snakemake merges several ``--configfile`` s."""
+    return _merge(base, over)
+
+
 def run_settings(config: dict[str, Any], run: str) -> dict[str, Any]:
     """Effective settings of one run (a filled config's ``models.<run>``): global sections overridden by the run's own."""
     if run not in config["models"]:
@@ -111,4 +138,98 @@ def run_settings(config: dict[str, Any], run: str) -> dict[str, Any]:
     entry = copy.deepcopy(config["models"][run])
     for key in RUN_SECTIONS:
         entry[key] = _merge(config[key], entry.get(key))
+    # vLLM shards the model over the run's GPUs unless the config sets its own tensor parallelism
+    # (with one GPU vLLM's own default, 1, applies and the setting stays out of the params)
+    if entry.get("gpus", 1) > 1:
+        entry["vllm"].setdefault("tensor_parallel_size", entry["gpus"])
     return entry
+
+
+def run_windows(settings: dict[str, Any], total_layers: int) -> list[list[int]]:
+    """A run's capping windows: as configured, or (null) derived from the model's depth; none when capping is off."""
+    from ..models import default_windows
+
+    capping = settings["capping"]
+    if not capping.get("enabled", True):
+        return []
+    windows = capping["windows"]
+    return [list(w) for w in (windows if windows is not None else default_windows(total_layers))]
+
+
+def stored_layers(settings: dict[str, Any], total_layers: int) -> list[int]:
+    """The layers whose activations extraction stores (``extraction.layers``, null = all), sorted."""
+    chosen = settings["extraction"].get("layers")
+    return list(range(total_layers)) if chosen is None else sorted(int(x) for x in chosen)
+
+
+def resolve_run(config: dict[str, Any], run: str, facts: Any) -> dict[str, Any]:
+    """A run's settings with what the model decides filled in: the target layer (default: the
+    model's) and the capping windows (null: derived from the layer count; ``[]`` when
+    ``capping.enabled`` is false). ``facts`` is the run's :class:`assistant_axis.models.ModelFacts`.
+    """
+    settings = run_settings(config, run)
+    settings.setdefault("target_layer", facts.target_layer)
+    settings["capping"]["windows"] = run_windows(settings, facts.total_layers)
+    return settings
+
+
+def check_run(config: dict[str, Any], run: str, settings: dict[str, Any], facts: Any) -> None:
+    """Check one run's settings (from :func:`resolve_run`) against its model's facts (layers, heads), before any job.
+
+    ``facts`` is the run's :class:`assistant_axis.models.ModelFacts`. Raises :class:`ConfigError`
+    naming the key: target layer and capping windows inside the model's layers, stored layers
+    covering both, tensor parallelism that divides the attention heads, capping-evaluation
+    percentiles among the calibrated ones, and a ``min_count`` a role can reach.
+    """
+    layers = facts.total_layers
+    key = f"models.{run}"
+    target = settings["target_layer"]
+    if not 0 <= target < layers:
+        raise ConfigError(
+            f"config key '{key}.target_layer': {target} is outside the {layers} layers of {facts.name} (0-{layers - 1})"
+        )
+    windows = settings["capping"]["windows"]
+    where = f"{key}.capping.windows" if "windows" in config["models"][run].get("capping", {}) else "capping.windows"
+    for start, stop in windows:
+        if not 0 <= start < stop <= layers:
+            raise ConfigError(
+                f"config key '{where}': window [{start}, {stop}] does not fit the {layers} layers of {facts.name} "
+                f"(half-open ranges [start, stop) with 0 <= start < stop <= {layers})"
+            )
+    stored = stored_layers(settings, layers)
+    where = f"{key}.extraction.layers" if "layers" in config["models"][run].get("extraction", {}) else "extraction.layers"
+    outside = [x for x in stored if not 0 <= x < layers]
+    if outside:
+        raise ConfigError(f"config key '{where}': layers {outside} are outside the {layers} layers of {facts.name}")
+    needed = sorted({target, *(layer for start, stop in windows for layer in range(start, stop))} - set(stored))
+    if needed:
+        raise ConfigError(
+            f"config key '{where}': layers {needed} are not stored but the target layer and the capping windows "
+            "need them; add them to the list (or null = every layer)"
+        )
+    from ..models import resolve_backend
+
+    if resolve_backend(settings["backend"], warn=lambda _msg: None) == "vllm":
+        tp = int(settings["vllm"].get("tensor_parallel_size", 1))
+        for dim in ("num_attention_heads", "num_key_value_heads"):
+            heads = facts.dims.get(dim)
+            if heads and int(heads) % tp and not (dim == "num_key_value_heads" and tp % int(heads) == 0):
+                raise ConfigError(
+                    f"config key '{key}.gpus': vLLM's tensor_parallel_size {tp} must divide the model's "
+                    f"{dim} ({heads}); pick another GPU count or set {key}.vllm.tensor_parallel_size"
+                )
+    evaluated = config["capping_eval"].get("percentiles")
+    calibrated = settings["capping"]["percentiles"]
+    if windows and evaluated:
+        missing = [p for p in evaluated if not any(math.isclose(p, c) for c in calibrated)]
+        if missing:
+            raise ConfigError(
+                f"config key 'capping_eval.percentiles': {missing} are not among run {run}'s calibrated "
+                f"percentiles {calibrated} (config key 'capping.percentiles')"
+            )
+    per_role = config["prompts_per_role"] * config["questions_per_role"]
+    if config["role_vectors"]["min_count"] > per_role:
+        raise ConfigError(
+            f"config key 'role_vectors.min_count': {config['role_vectors']['min_count']} is more than the {per_role} "
+            "responses a role gets (prompts_per_role x questions_per_role): no role vector could be built"
+        )

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from ..axis import load_axis
 from ..conversation import Message
-from ..generation import SamplingSettings, generate_batch
-from ..models import load_model
-from ..monitor import project_conversation
+from ..generation import Generated, SamplingSettings, generate_batch
+from ..models import load_model, resolve_backend
+from ..monitor import project_conversations
 from ..plots import drift_plot
 from ..storage import write_json, write_text
 from ..transcripts import Transcript
@@ -105,26 +104,31 @@ def user_view(template: str, conv: SimConversation) -> list[Message]:
     ]
 
 
+Generate = Callable[[list[list[Message]], SamplingSettings], list[Generated]]
+
+
 def simulate(
-    model: torch.nn.Module, tokenizer: Any, user_model: torch.nn.Module, user_tokenizer: Any, template: str,
-    seeds: Sequence[Seed], turns: int, assistant_settings: SamplingSettings, user_settings: SamplingSettings,
-    batch_size: int,
+    assistant: Generate, user: Generate, template: str, seeds: Sequence[Seed], turns: int,
+    assistant_settings: SamplingSettings, user_settings: SamplingSettings,
 ) -> list[SimConversation]:
-    """Run every conversation for ``turns`` exchanges; the first user message is the seed's opening."""
+    """Run every conversation for ``turns`` exchanges; the first user message is the seed's opening.
+
+    ``assistant`` and ``user`` generate one reply per conversation (HF ``generate`` or a vLLM
+    engine); every turn is one batch of all conversations, first the users', then the replies.
+    """
     convs = [SimConversation(seed) for seed in seeds]
     for turn in range(1, turns + 1):
         if turn == 1:
             user_msgs = [c.seed.opening for c in convs]
         else:
-            settings = _reseed(user_settings, "user", turn)
-            out = generate_batch(user_model, user_tokenizer, [user_view(template, c) for c in convs], settings, batch_size)
+            out = user([user_view(template, c) for c in convs], _reseed(user_settings, "user", turn))
             user_msgs = [g.text or EMPTY_USER_FALLBACK for g in out]
             empty = sum(1 for g in out if not g.text)
             if empty:
                 log.warning("turn %d: the simulated user said nothing in %d conversation(s); used %r", turn, empty, EMPTY_USER_FALLBACK)
         for conv, text in zip(convs, user_msgs, strict=True):
             conv.messages.append({"role": "user", "content": text})
-        replies = generate_batch(model, tokenizer, [c.messages for c in convs], _reseed(assistant_settings, "assistant", turn), batch_size)
+        replies = assistant([c.messages for c in convs], _reseed(assistant_settings, "assistant", turn))
         for conv, reply in zip(convs, replies, strict=True):
             conv.messages.append({"role": "assistant", "content": reply.text})
         log.info("drift: turn %d/%d done for %d conversations", turn, turns, len(convs))
@@ -139,30 +143,57 @@ def drift_experiment(
     *, model_json: str, dtype: str, device: str, axis: str, target_layer: int, seeds_file: str, domains: Sequence[str],
     conversations_per_domain: int, turns: int, max_new_tokens: int, user_max_new_tokens: int, user_model: str,
     temperature: float, top_p: float, seed: int, batch_size: int, table_out: str, transcripts_out: str,
-    plot_out: str, title: str = "",
+    plot_out: str, title: str = "", backend: str = "hf", vllm_options: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Simulate, project every assistant turn on the axis, and write the table, transcripts and plot."""
+    """Simulate, project every assistant turn on the axis, and write the table, transcripts and plot.
+
+    ``backend``: ``hf``, or ``vllm`` (``auto`` where installed): one engine generates both sides and
+    measures the projections; a simulated user on another model is then loaded with HF.
+    """
     if turns < 1 or conversations_per_domain < 1 or not domains:
         raise ValueError("drift needs at least one domain, one conversation per domain and one turn")
     template, seeds = load_seeds(seeds_file, domains, conversations_per_domain)
     facts = read_model_json(model_json)
     model = facts["spec"]
     ax = load_axis(axis)
-    log.info("drift: %d domains x %d conversations x %d turns with %s (user: %s)",
-             len(domains), conversations_per_domain, turns, model, user_model)
-    lm, tok = load_model(facts["path"], dtype=dtype, device=device)
-    user_lm, user_tok = (lm, tok) if user_model == LOCAL_USER else load_model(user_model, dtype=dtype, device=device)
-    convs = simulate(
-        lm, tok, user_lm, user_tok, template, seeds, turns,
-        SamplingSettings(temperature, top_p, max_new_tokens, seed),
-        SamplingSettings(temperature, top_p, user_max_new_tokens, seed),
-        batch_size,
-    )
+    backend = resolve_backend(backend)
+    log.info("drift: %d domains x %d conversations x %d turns with %s (user: %s), %s backend",
+             len(domains), conversations_per_domain, turns, model, user_model, backend)
+    engine = None
+    if backend == "vllm":
+        from ..vllm_backend import VLLMEngine
+
+        engine = VLLMEngine(facts["path"], dtype=dtype, hooks=True, **(vllm_options or {}))
+        measure, tok = engine, engine.tokenizer
+
+        def assistant(convs: list[list[Message]], settings: SamplingSettings) -> list[Generated]:
+            return engine.generate(convs, settings, intervention=None)
+    else:
+        lm, tok = load_model(facts["path"], dtype=dtype, device=device)
+        measure = lm
+
+        def assistant(convs: list[list[Message]], settings: SamplingSettings) -> list[Generated]:
+            return generate_batch(lm, tok, convs, settings, batch_size)
+    if user_model == LOCAL_USER:
+        user = assistant
+    else:
+        user_lm, user_tok = load_model(user_model, dtype=dtype, device=device)
+
+        def user(convs: list[list[Message]], settings: SamplingSettings) -> list[Generated]:
+            return generate_batch(user_lm, user_tok, convs, settings, batch_size)
+    try:
+        convs = simulate(
+            assistant, user, template, seeds, turns,
+            SamplingSettings(temperature, top_p, max_new_tokens, seed),
+            SamplingSettings(temperature, top_p, user_max_new_tokens, seed),
+        )
+        projections = project_conversations(measure, tok, [c.messages for c in convs], ax, target_layer)
+    finally:
+        if engine is not None:
+            engine.close()
     frames = []
     transcripts = []
-    for n, conv in enumerate(convs, 1):
-        log.info("drift: projecting conversation %d/%d (%s)", n, len(convs), conv.id)
-        rows = project_conversation(lm, tok, conv.messages, ax, target_layer)
+    for conv, rows in zip(convs, projections, strict=True):
         rows.insert(0, "conversation_id", conv.id)
         rows.insert(0, "domain", conv.seed.domain)
         frames.append(rows)

@@ -3,7 +3,8 @@
 One name per stage, end to end: a stage's rule file, rule, script, library module, results
 subfolder, log and benchmark file all carry the stage's name, so ``results/<run>/<stage>/``,
 ``results/<run>/logs/<stage>[_<shard>].log`` and ``results/<run>/benchmarks/<stage>[_<shard>].tsv``.
-Resumable stages keep their finished units under ``results/<run>/cache/<stage>/``.
+Resumable stages keep their finished units under ``results/<run>/cache/<stage>/``. A stage across
+runs (``compare_models``) uses the pseudo-run :data:`ALL_RUNS`: ``results/_all/<stage>/``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 RESULTS = "results"
+# The pseudo-run whose folder holds what belongs to no single run (compare_models): its leading
+# underscore keeps it apart from run names, which must start with a letter or a digit.
+ALL_RUNS = "_all"
 
 # In pipeline order; every name is a rule, a rule file, a script and a module of assistant_axis.pipeline.
 STAGES = (
@@ -27,6 +31,11 @@ STAGES = (
     "calibrate",
     "evaluate_capping",
     "drift",
+    "trait_vectors",
+    "interpret",
+    "stability",
+    "drift_analysis",
+    "compare_models",
 )
 
 

@@ -1,5 +1,11 @@
 """Stage ``persona_space``: PCA of the role vectors, the axis against PC1 per layer, and the roles at both ends of the axis.
 
+The PCA is the reference package's :func:`assistant_axis.pca.compute_pca` (scikit-learn's ``PCA``
+after a :class:`~assistant_axis.pca.MeanScaler`), run in float64 so the numbers do not depend on
+the solver's precision. Component signs follow scikit-learn (>= 1.5): each principal direction
+is flipped so that its largest-magnitude coordinate is positive, which makes PC1's sign, the
+coordinates and ``cos_axis_pc1`` deterministic.
+
 The extremes (the ``n`` most and least Assistant-aligned roles) show at a glance which characters
 the axis separates from the Assistant; where the ``assistant`` role itself lands is a sanity check.
 """
@@ -12,10 +18,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..axis import compute_pca, cosine_similarity_per_layer, load_axis, project_all_layers
+from ..axis import cosine_similarity_per_layer, load_axis, project_all_layers
+from ..pca import MeanScaler, components_for_threshold, compute_pca
 from ..plots import axis_layers_plot, persona_extremes_plot, persona_space_plot
 from ..storage import write_json, write_text
-from .role_vectors import load_vectors
+from .role_vectors import load_vectors, stored_layers_of
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +41,25 @@ def persona_space(
     if len(names) < 2:
         raise ValueError("persona-space PCA needs at least two role vectors")
     per_layer = []
-    pcas = [compute_pca(stack, layer) for layer in range(stack.shape[1])]
-    for layer, pca in enumerate(pcas):
-        pc1 = pca.components[0]
+    # (scores, variance ratios, n, sklearn PCA, scaler) per layer, in float64
+    # only the layers extraction stored (all by default): a layer subset leaves the others' rows zero
+    pcas = {layer: fit_role_pca(stack, layer) for layer in stored_layers_of(vectors)}
+    for layer, (_, ratios, _, pca, _) in pcas.items():
+        pc1 = torch.from_numpy(pca.components_[0]).float()
         cos = float(cosine_similarity_per_layer(ax[layer : layer + 1], pc1.unsqueeze(0))[0])
         per_layer.append(
-            {"layer": layer, "cos_axis_pc1": cos, "abs_cos_axis_pc1": abs(cos), "n_components_70": pca.n_components_for(0.7),
-             "axis_norm": float(ax[layer].norm())}
+            {"layer": layer, "cos_axis_pc1": cos, "abs_cos_axis_pc1": abs(cos),
+             "n_components_70": components_for_threshold(ratios, 0.7), "axis_norm": float(ax[layer].norm())}
         )
-    pca = pcas[target_layer]
-    k = min(n_components, pca.transformed.shape[1])
+    scores, ratios, n_fitted, _, _ = pcas[target_layer]
+    k = min(n_components, n_fitted)
     projections = project_all_layers(stack, ax)[:, target_layer]
     result = {
         "target_layer": target_layer,
         "roles": names,
-        "explained_variance_ratio": pca.explained_variance_ratio[:k].tolist(),
-        "n_components_70": pca.n_components_for(0.7),
-        "coordinates": pca.transformed[:, :k].tolist(),
+        "explained_variance_ratio": ratios[:k].tolist(),
+        "n_components_70": components_for_threshold(ratios, 0.7),
+        "coordinates": scores[:, :k].astype("float32").tolist(),
         "axis_projection": projections.tolist(),
         "per_layer": per_layer,
     }
@@ -59,6 +68,12 @@ def persona_space(
     axis_layers_plot(per_layer, layers_plot, target_layer, title=f"{title}: Assistant axis across layers")
     persona_extremes(result, n_extremes, extremes_table, extremes_plot, title=title)
     return result
+
+
+def fit_role_pca(stack: torch.Tensor, layer: int) -> tuple[Any, ...]:
+    """The persona-space PCA of ``(roles, layers, hidden)`` role vectors at one layer: the reference
+    5-tuple of :func:`~assistant_axis.pca.compute_pca`, mean-centred, in float64 (shared with ``interpret``)."""
+    return compute_pca(stack.double(), layer, scaler=MeanScaler(), verbose=False)
 
 
 def role_projections(result: dict[str, Any], source: str = "persona space") -> pd.DataFrame:

@@ -12,7 +12,10 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], **kwargs: Any) -> Any:
     """Run ``stage(**kwargs)`` with logging sent to the rule's ``log:`` file (and stderr)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:
-        handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
+        open(snakemake.log[0], "w").close()  # a fresh log per run of the job
+        # append mode: a handler some library closes (vLLM's logging.config.dictConfig closes every
+        # existing handler) reopens at the next message instead of dropping the rest of the log
+        handlers.append(logging.FileHandler(snakemake.log[0], mode="a"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
     try:
         import torch
