@@ -67,7 +67,14 @@ def _run_values(res: Path) -> dict[str, torch.Tensor]:
 
 
 def test_outputs_equal_the_values_stored_before_the_architecture_change(done_run):
-    """The tiny run gives the texts and numbers the code gave before the stages were reshaped (tests/data/golden)."""
+    """The tiny run gives the texts and numbers the code gave before the stages were reshaped (tests/data/golden).
+
+    Texts and scores are equal; numbers agree to 1e-5 of each tensor's largest value. On the machine
+    that stored them they are bitwise equal; the CPU's float32 kernels round differently elsewhere
+    (an AMD EPYC without AVX-512, running the very code that stored them, moves role vectors by one
+    unit in the last place, 8e-5 on values of 533, and capping floors, percentiles of 576-term dot
+    products, by up to 2.4e-6 relative). A method change moves them by far more.
+    """
     res = done_run / "results" / "tiny"
     golden = REPO / "tests" / "data" / "golden"
     texts = json.loads((golden / "tiny_run_texts.json").read_text())
@@ -79,7 +86,8 @@ def test_outputs_equal_the_values_stored_before_the_architecture_change(done_run
     values = _run_values(res)
     assert set(values) == set(expected)
     for key, want in expected.items():
-        torch.testing.assert_close(values[key].to(want.dtype), want, rtol=0, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+        scale = float(want.abs().max()) if want.is_floating_point() else 0.0
+        torch.testing.assert_close(values[key].to(want.dtype), want, rtol=0, atol=1e-5 * scale, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_shards_have_the_documented_layout(done_run):
