@@ -23,7 +23,7 @@ LAYERS = {
     2: {"activations", "axis", "capping", "generation", "steering", "monitor", "evaluation", "judges",
         "vllm_backend", "vllm_worker", "pca", "internals", "reference_vllm"},
     3: {"pipeline"},
-    4: {"cli"},
+    4: {"cli", "serve"},
 }
 
 

@@ -13,6 +13,7 @@ COMMAND_MODULES: list[str] = [
     "assistant_axis.cli.chat",
     "assistant_axis.cli.generate",
     "assistant_axis.cli.plan",
+    "assistant_axis.cli.serve",
 ]
 
 
