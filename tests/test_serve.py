@@ -21,46 +21,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from safetensors import safe_open
+from serve_helpers import EXPERIMENT, make_run
 
-from assistant_axis.axis import save_axis
-from assistant_axis.capping import Cap, CappingConfig, CappingExperiment
 from assistant_axis.cli import main
-from assistant_axis.models import DEFAULT_MODEL, describe_model, resolve_model_path
 from assistant_axis.serve.setup import SetupError, load_setup
 from assistant_axis.transcripts import parse_transcript
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO / "tests" / "data" / "golden" / "tiny_run.safetensors"
 KEY = "test-key-123"
-EXPERIMENT = "layers_14:16-p0.25"
 GHOST = "You are a ghost who has haunted an old Victorian house for two hundred years."
 QUESTION = "What do you do on a quiet evening?"
 MAX_MODEL_LEN = 1024
-
-
-def make_run(root: Path, name: str = "tiny") -> Path:
-    """A finished run's serving files from the stored tiny run (real axis and floors of the embedded model)."""
-    run = root / name
-    with safe_open(str(GOLDEN), framework="pt") as f:
-        axis = f.get_tensor("axis")
-        ids = sorted(k.split(".", 1)[1] for k in f.keys() if k.startswith("floors."))
-        experiments = []
-        for exp in ids:
-            layers, floors, vectors = (f.get_tensor(f"{k}.{exp}") for k in ("layers", "floors", "vectors"))
-            experiments.append(CappingExperiment(exp, [Cap(int(la), v, float(t)) for la, t, v in zip(layers, floors, vectors)]))
-    (run / "model").mkdir(parents=True)
-    (run / "model" / "model.json").write_text(json.dumps({
-        "spec": DEFAULT_MODEL, "path": resolve_model_path(DEFAULT_MODEL), "short_name": describe_model(DEFAULT_MODEL).short_name,
-        "total_layers": int(axis.shape[0]), "target_layer": 15,
-    }))
-    (run / "axis").mkdir()
-    save_axis(axis, run / "axis" / "axis.safetensors", {"target_layer": 15})
-    (run / "calibrate").mkdir()
-    CappingConfig(experiments, model=DEFAULT_MODEL, recommended=EXPERIMENT).save(run / "calibrate" / "capping.safetensors")
-    return run
 
 
 def _free_port() -> int:
@@ -70,8 +43,8 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path, run: Path) -> None:
+        self.proc, self.port, self.log, self.run = proc, port, log, run
         self.url = f"http://127.0.0.1:{port}"
         self.auth = {"Authorization": f"Bearer {KEY}"}
 
@@ -100,7 +73,7 @@ def server(tmp_path_factory):
            "--api-key", KEY, "--max-model-len", str(MAX_MODEL_LEN), "--max-num-seqs", "32"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    srv = Server(proc, port, log)
+    srv = Server(proc, port, log, run)
     try:
         deadline = time.time() + 240
         while True:
@@ -374,3 +347,28 @@ def test_a_run_missing_a_file_is_one_line(tmp_path, capsys):
     assert main(["serve", "--run", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "axis/axis.safetensors: missing" in err
+
+
+def test_hf_fallback_matches_the_vllm_server(server):
+    """Without vLLM the server runs HF one request at a time: same tokens, same projections (float32, greedy)."""
+    from assistant_axis.conversation import format_conversation
+    from assistant_axis.serve.engine import GenRequest, HFBackend
+
+    client = server.client()
+    backend = HFBackend(load_setup(run=str(server.run)), dtype="float32", max_model_len=MAX_MODEL_LEN)
+    backend.start()
+    try:
+        messages = [{"role": "system", "content": GHOST}, {"role": "user", "content": QUESTION}]
+        ids = backend.tokenizer(format_conversation(backend.tokenizer, messages), add_special_tokens=False)["input_ids"]
+        for capping in ("off", EXPERIMENT):
+            want = _chat(client, capping=capping, max_tokens=12)
+            handle = backend.submit(GenRequest(ids, 12, 0.0, 1.0, None, None if capping == "off" else capping, projections=True))
+            text, info = "", None
+            while info is None:
+                event = handle.events.get(timeout=120)
+                text += event.text
+                info = event.info if event.kind == "done" else None
+            assert text.strip() == want.choices[0].message.content.strip(), capping
+            assert info["projections"] == pytest.approx(want.model_extra["axis"]["projections"], rel=2e-3, abs=2e-3)
+    finally:
+        backend.stop()

@@ -278,11 +278,23 @@ ROUTES = {
 }
 
 
+class Server(ThreadingHTTPServer):
+    """Threading server that does not print a traceback when a keep-alive client hangs up."""
+
+    daemon_threads = True
+    request_queue_size = 256  # many clients connect at once (the default backlog of 5 drops some)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(setup: ServeSetup, backend: Backend, host: str = "127.0.0.1", port: int = 8000,
-                api_key: str | None = None) -> ThreadingHTTPServer:
+                api_key: str | None = None) -> Server:
     """The HTTP server (not yet serving); ``backend.on_finish`` is left to the caller."""
     state = ServerState(setup, backend, api_key)
     handler = type("BoundHandler", (Handler,), {"state": state})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return Server((host, port), handler)

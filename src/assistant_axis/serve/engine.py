@@ -105,8 +105,9 @@ class _Live:
 
     @property
     def wants_probe(self) -> bool:
+        """Projections asked for, or needed by auto capping (kept on after a switch: the turn mean covers the whole reply)."""
         req = self.handle.request
-        return req.projections or (req.auto and self.triggered_at is None)
+        return req.projections or req.auto
 
 
 def summary_of(live: _Live, finish_reason: str, setup: ServeSetup) -> dict[str, Any]:
