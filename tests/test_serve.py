@@ -297,9 +297,9 @@ def test_chat_page_in_a_headless_browser(server, tmp_path):
     try:
         wait = WebDriverWait(browser, 90)
         browser.get(server.url + "/")
+        wait.until(lambda b: "API key" in b.find_element(By.ID, "facts").text)  # without the key: the 401's message
         browser.find_element(By.ID, "key").send_keys(KEY)
-        browser.execute_script("document.getElementById('key').dispatchEvent(new Event('change'));"
-                               "loadInfo();")
+        browser.execute_script("document.getElementById('key').dispatchEvent(new Event('change'));")
         wait.until(lambda b: "layer 15" in b.find_element(By.ID, "facts").text)
         browser.find_element(By.ID, "system").send_keys(GHOST)
         browser.find_element(By.ID, "max-tokens").clear()
