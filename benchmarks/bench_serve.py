@@ -1,10 +1,10 @@
 """What capping and per-token projections cost a running ``assistant-axis serve`` (prints figures; not a test).
 
-    .venv/bin/python benchmarks/bench_serve.py [--run results/<run>] [--tokens 64] [--streams 1 8 32] [--rounds 2]
+    .venv/bin/python benchmarks/bench_serve.py [--run results/<run>] [--tokens 64] [--streams 1 8 32] [--rounds 3]
 
 One server subprocess (bf16 by default, as it would be served), the official ``openai`` client, and
-``streams`` concurrent streamed requests kept in flight until ``rounds x streams`` requests are
-done, for four request settings alternated at each concurrency:
+rounds of ``streams`` concurrent streamed requests, each round running the four request settings
+one after another in a rotated order (the machine is shared; drift then weighs on all alike):
 
 * ``off``: no capping, no projections (plain vLLM speed through the server);
 * ``capped``: the run's capping experiment on every request;
@@ -85,10 +85,10 @@ def one(client, model: str, conv, tokens: int, capping: str, proj: bool) -> tupl
     return n, first if first is not None else float("nan"), time.perf_counter() - start
 
 
-def measure(client, model: str, convs, streams: int, rounds: int, tokens: int, mode: str) -> dict[str, float]:
+def measure(client, model: str, convs, streams: int, tokens: int, mode: str) -> tuple[int, float, list[float], int]:
+    """One round: ``streams`` requests at once; (tokens, wall seconds, times to first token, failures)."""
     capping, proj = MODES[mode]
-    todo = convs[: streams * rounds]
-    start = time.perf_counter()
+
     def safe(conv):
         try:
             return one(client, model, conv, tokens, capping, proj)
@@ -96,12 +96,28 @@ def measure(client, model: str, convs, streams: int, rounds: int, tokens: int, m
             print(f"  request failed: {exc!r}", flush=True)
             return None
 
+    start = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
-        results = [r for r in pool.map(safe, todo) if r is not None]
+        results = [r for r in pool.map(safe, convs[:streams]) if r is not None]
     wall = time.perf_counter() - start
-    total = sum(r[0] for r in results)
-    ttft = statistics.median(r[1] for r in results) if results else float("nan")
-    return {"tok_s": total / wall, "ttft": ttft, "tokens": total, "failed": len(todo) - len(results)}
+    return sum(r[0] for r in results), wall, [r[1] for r in results], streams - len(results)
+
+
+def compare(client, model: str, convs, streams: int, rounds: int, tokens: int) -> dict[str, dict[str, float]]:
+    """Every setting once per round, in a rotated order, so a machine that slows down or speeds up
+    during the run (it is shared) weighs on every setting alike."""
+    sums = {mode: [0, 0.0, [], 0] for mode in MODES}
+    names = list(MODES)
+    for r in range(rounds):
+        for mode in names[r % len(names):] + names[: r % len(names)]:
+            n, wall, ttft, failed = measure(client, model, convs, streams, tokens, mode)
+            acc = sums[mode]
+            acc[0] += n
+            acc[1] += wall
+            acc[2] += ttft
+            acc[3] += failed
+    return {mode: {"tok_s": n / wall, "ttft": statistics.median(t) if t else float("nan"), "failed": f}
+            for mode, (n, wall, t, f) in sums.items()}
 
 
 def main() -> None:
@@ -109,7 +125,7 @@ def main() -> None:
     ap.add_argument("--run", help="a finished run folder (default: the stored tiny run's files)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--rounds", type=int, default=2, help="requests per stream at each setting")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every setting once, streams requests at a time")
     ap.add_argument("--dtype", default="auto")
     args = ap.parse_args()
     from openai import OpenAI
@@ -126,12 +142,12 @@ def main() -> None:
         try:
             client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
             model = client.models.list().data[0].id
-            convs = prompts(max(args.streams) * args.rounds)
+            convs = prompts(max(args.streams))
             one(client, model, convs[0], 8, "on", True)  # warm-up
-            print(f"server {url}, {args.tokens} tokens per request, {args.rounds} requests per stream, dtype {args.dtype}")
+            print(f"server {url}, {args.tokens} tokens per request, {args.rounds} rounds per setting, dtype {args.dtype}")
             print(f"{'streams':>7} {'setting':>12} {'tok/s':>8} {'ratio':>6} {'TTFT s':>7} {'failed':>6}")
             for streams in args.streams:
-                rows = {mode: measure(client, model, convs, streams, args.rounds, args.tokens, mode) for mode in MODES}
+                rows = compare(client, model, convs, streams, args.rounds, args.tokens)
                 base = rows["off"]["tok_s"]
                 for mode, r in rows.items():
                     print(f"{streams:>7} {mode:>12} {r['tok_s']:>8.1f} {r['tok_s'] / base:>6.3f} {r['ttft']:>7.3f} {r['failed']:>6}", flush=True)
