@@ -531,8 +531,8 @@ class HFBackend(Backend):
                         past = out.past_key_values
                         logits = out.logits[0, -1].float()
                         token = int(logits.argmax()) if req.temperature == 0 else token
-                    elif switch == "drift":
-                        live.triggered_at, live.experiment = len(live.tokens), req.auto_experiment
+                    elif switch == "drift":  # this token was sampled uncapped; the caps act from its forward pass on
+                        live.triggered_at, live.experiment = len(live.tokens) + 1, req.auto_experiment
                     self._emit(live, [token])
                     if token in self.eos_ids:
                         reason = "stop"
