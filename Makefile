@@ -10,7 +10,7 @@ run: setup
 
 test: setup-dev
 	.venv/bin/ruff check src tests workflow/scripts benchmarks
-	.venv/bin/python -m pytest -ra
+	.venv/bin/python -m pytest -ra --durations=30
 
 setup:
 	bash scripts/setup.sh
