@@ -237,10 +237,14 @@ def test_mean_scaler_state_round_trip():
 # ---------------------------------------------------------------- files both ways
 
 def test_our_files_load_in_code_written_for_the_reference_layout(fp32_model, run_files, tmp_path):
-    """Reference-side readers written here from the published layouts (no call into this package)."""
+    """Reference-side readers written here from the published layouts (no call into this package).
+
+    The reference loads with ``weights_only=False``; these load with ``weights_only=True``, which
+    is stricter: a file that loads so loads the reference's way too, and nothing is unpickled.
+    """
     model, tokenizer = fp32_model
     # axis.pt: the reference's load_axis accepts {"axis": tensor} or a bare tensor
-    data = torch.load(run_files["axis_pt"], map_location="cpu", weights_only=False)
+    data = torch.load(run_files["axis_pt"], map_location="cpu", weights_only=True)
     ref_axis = data["axis"] if isinstance(data, dict) else data
     assert torch.equal(ref_axis, load_axis(run_files["axis_st"]))
     # role vectors: one {"vector", "type", "role"} file per role; the reference's 5_axis.py logic
@@ -248,12 +252,12 @@ def test_our_files_load_in_code_written_for_the_reference_layout(fp32_model, run
     save_role_vectors(load_role_vectors(run_files["vectors"]), folder)
     defaults, roles = [], []
     for file in sorted(folder.glob("*.pt")):
-        entry = torch.load(file, map_location="cpu", weights_only=False)
+        entry = torch.load(file, map_location="cpu", weights_only=True)
         (defaults if "default" in entry.get("role", file.stem) or entry.get("type") == "mean" else roles).append(entry["vector"])
     assert len(defaults) == 1 and len(roles) == 3
     torch.testing.assert_close(torch.stack(defaults).mean(0) - torch.stack(roles).mean(0), ref_axis, rtol=0, atol=1e-6)
     # capping_config.pt: the reference's build_capping_steerer logic, as plain hooks
-    config = torch.load(run_files["capping_pt"], map_location="cpu", weights_only=False)
+    config = torch.load(run_files["capping_pt"], map_location="cpu", weights_only=True)
     experiment = next(e for e in config["experiments"] if e["id"] == "layers_12:15-p0.25")
     caps = {}
     for inter in experiment["interventions"]:
