@@ -137,7 +137,7 @@ class VLLMEngine:
     ``hooks=True`` loads the worker extension and, because hooks need it, forces eager mode and
     disables prefix caching (a cached prefix computed under another intervention would leak into
     the next request). ``hooks=False`` gives plain vLLM speed with no interventions.
-    ``dtype``: the project's names (``auto`` = bfloat16, ``float32``, ...).
+    ``dtype``: the project's names (``auto`` = bfloat16 on GPUs and bf16-capable CPUs, else float32; see ``pick_dtype``).
     ``gpu_memory_utilization``: vLLM's share of device memory for weights and KV cache; on CPU,
     leave it ``None`` and size the KV cache with ``kv_cache_gib`` instead.
     ``in_process``: run vLLM's engine and worker in this process (default on CPU: seconds to start
@@ -173,7 +173,7 @@ class VLLMEngine:
         self.eos_ids = stop_token_ids(generation_config, self.tokenizer)
         kwargs: dict[str, Any] = {
             "model": path,
-            "dtype": str(pick_dtype(dtype)).removeprefix("torch."),
+            "dtype": str(pick_dtype(dtype, "cpu" if current_platform.is_cpu() else "cuda")).removeprefix("torch."),
             "tensor_parallel_size": tensor_parallel_size,
             "max_model_len": max_model_len,
             "seed": seed,

@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default: 0.7)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default: 0.9)")
     p.add_argument("--seed", type=int, default=0, help="random seed; turn k uses seed + k (default: 0)")
-    p.add_argument("--dtype", default="auto", help="model dtype (default auto = bfloat16)")
+    p.add_argument("--dtype", default="auto", help="model dtype (auto = bfloat16 on GPUs and CPUs with native bf16, else float32)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.set_defaults(func=run)
 

@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out-csv", help="write the per-turn table as CSV")
     p.add_argument("--out-json", help="write the per-turn table and its settings as JSON")
     p.add_argument("--plot", help="write the trajectory as a PNG")
-    p.add_argument("--dtype", default="auto", help="model dtype (default auto = bfloat16; float32 for exact comparisons)")
+    p.add_argument("--dtype", default="auto", help="model dtype (auto = bfloat16 on GPUs and CPUs with native bf16, else float32; float32 for exact comparisons)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.set_defaults(func=run)
 

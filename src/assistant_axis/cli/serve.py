@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--api-key", default=os.environ.get("ASSISTANT_AXIS_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $ASSISTANT_AXIS_API_KEY; none = open)")
     p.add_argument("--engine", choices=["auto", "vllm", "hf"], default="auto", help="auto: vLLM where installed, else HF")
-    p.add_argument("--dtype", default="auto", help="model dtype (auto = bfloat16; float32 for exact comparisons)")
+    p.add_argument("--dtype", default="auto", help="model dtype (auto = bfloat16 on GPUs and CPUs with native bf16, else float32; float32 for exact comparisons)")
     p.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
     p.add_argument("--max-num-seqs", type=int, default=64, help="vLLM: most requests in one batch (default: 64)")
     p.add_argument("--kv-cache-gib", type=float, default=2.0, help="vLLM on CPU: KV cache size in GiB (default: 2)")
