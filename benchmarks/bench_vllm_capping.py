@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="auto", help="auto = bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto = bfloat16 on GPUs and CPUs with native bf16, else float32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--run", default="smollm2-135m", help="take the capping experiment of results/<run>/ if there is one")
     args = parser.parse_args()

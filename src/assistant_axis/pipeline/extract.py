@@ -104,6 +104,30 @@ def response_samples(tokenizer: Any, records: Sequence[dict[str, Any]]) -> list[
     return samples
 
 
+class ReplyActivations:
+    """Mean activations of reply records, with the model loaded on first use.
+
+    Shared by the ``extract`` and ``trait_vectors`` stages: both resume from a per-unit cache, and a
+    fully cached rerun must not pay for loading the model. ``layers=None`` keeps every layer.
+    """
+
+    def __init__(self, facts: dict[str, Any], dtype: str, device: str, layers: Sequence[int] | None,
+                 batch_size: int, max_batch_tokens: int) -> None:
+        self.facts, self.dtype, self.device, self.layers = facts, dtype, device, layers
+        self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self._loaded: tuple[Any, Any] | None = None
+
+    def __call__(self, records: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """``(len(records), layers kept, hidden)`` float32 means over each ``{system_prompt, question, response}``'s reply."""
+        if self._loaded is None:
+            from ..models import load_model
+
+            self._loaded = load_model(self.facts["path"], dtype=self.dtype, device=self.device)
+        model, tokenizer = self._loaded
+        return mean_activations_for_spans(model, response_samples(tokenizer, records), self.layers, self.batch_size,
+                                          self.max_batch_tokens, tokenizer.pad_token_id or 0, progress=False)
+
+
 def extract_shard(
     *,
     model_json: str,
@@ -131,21 +155,11 @@ def extract_shard(
     fingerprints = {
         r: fingerprint({"model": facts["spec"], "dtype": dtype, "rows": by_role[r].to_pylist(), **storage}) for r in roles
     }
-    loaded: tuple[Any, Any] | None = None
+    pool = ReplyActivations(facts, dtype, device, None if layers is None else layer_list, batch_size, max_batch_tokens)
 
     def compute(group: Sequence[str]) -> dict[str, pa.Table]:
-        nonlocal loaded
-        if loaded is None:
-            from ..models import load_model
-
-            loaded = load_model(facts["path"], dtype=dtype, device=device)
-        model, tokenizer = loaded
         rows = pa.concat_tables([by_role[r] for r in group])
-        samples = response_samples(tokenizer, rows.select(["system_prompt", "question", "response"]).to_pylist())
-        acts = mean_activations_for_spans(
-            model, samples, None if layers is None else layer_list, batch_size, max_batch_tokens,
-            tokenizer.pad_token_id or 0, progress=False,
-        )
+        acts = pool(rows.select(["system_prompt", "question", "response"]).to_pylist())
         table = activations_table(rows, acts, layer_list, storage_dtype)
         out, start = {}, 0
         for role in group:

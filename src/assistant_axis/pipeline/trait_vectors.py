@@ -35,7 +35,6 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..activations import mean_activations_for_spans
 from ..generation import SamplingSettings
 from ..judges import TRAIT_SCALE, JudgeItem, is_refusal, make_judge
 from ..judges.trait_rules import is_trait_prompt
@@ -44,7 +43,7 @@ from ..plots import trait_scores_plot
 from ..storage import save_safetensors, write_parquet, write_text
 from ..traits import SIDES, Trait, TraitSetError, load_traits
 from .cache import UnitCache, group_units, resume
-from .extract import response_samples
+from .extract import ReplyActivations
 from .generate import Generator
 from .layout import derive_seed, fingerprint
 from .model import read_model_json
@@ -222,19 +221,11 @@ def _extract(
                         "rows": by_trait[n][["key", "system_prompt", "question", "response"]].to_dict("records")})
         for n in names
     }
-    loaded: tuple[Any, Any] | None = None
+    pool = ReplyActivations(facts, dtype, device, None if layers is None else layer_list, batch_size, max_batch_tokens)
 
     def compute(group: Sequence[str]) -> dict[str, pa.Table]:
-        nonlocal loaded
-        if loaded is None:
-            from ..models import load_model
-
-            loaded = load_model(facts["path"], dtype=dtype, device=device)
-        model, tokenizer = loaded
         rows = pd.concat([by_trait[n] for n in group])
-        samples = response_samples(tokenizer, rows[["system_prompt", "question", "response"]].to_dict("records"))
-        acts = mean_activations_for_spans(model, samples, None if layers is None else layer_list, batch_size, max_batch_tokens,
-                                          tokenizer.pad_token_id or 0, progress=False)
+        acts = pool(rows[["system_prompt", "question", "response"]].to_dict("records"))
         out = {}
         for name in group:
             mask = torch.from_numpy((rows["trait"] == name).to_numpy())
