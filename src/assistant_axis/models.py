@@ -381,9 +381,6 @@ def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
     return any(flag in flags for flag in FAST_BF16_CPU_FLAGS)
 
 
-DTYPE_NAMES = ("auto", "bfloat16", "bf16", "float16", "fp16", "float32", "fp32")
-
-
 def pick_dtype(dtype: str = "auto", device: str = "auto") -> Any:
     """The torch dtype for a config's ``dtype`` on ``device``.
 
@@ -396,13 +393,14 @@ def pick_dtype(dtype: str = "auto", device: str = "auto") -> Any:
     names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
              "float32": torch.float32, "fp32": torch.float32}
     if dtype == "auto":
-        on_gpu = device not in ("cpu",) and (device != "auto" or torch.cuda.is_available())
-        chosen = torch.bfloat16 if on_gpu or cpu_has_fast_bf16() else torch.float32
-        log.info("dtype auto -> %s (%s)", str(chosen).removeprefix("torch."),
-                 "GPU" if on_gpu else "CPU " + ("with" if chosen == torch.bfloat16 else "without") + " native bf16")
-        return chosen
+        if pick_device(device) != "cpu":
+            log.info("dtype auto -> bfloat16 (GPU)")
+            return torch.bfloat16
+        fast = cpu_has_fast_bf16()
+        log.info("dtype auto -> %s (CPU %s native bf16)", "bfloat16" if fast else "float32", "with" if fast else "without")
+        return torch.bfloat16 if fast else torch.float32
     if dtype not in names:
-        raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPE_NAMES)}")
+        raise ValueError(f"dtype {dtype!r} is not one of {['auto', *names]}")
     return names[dtype]
 
 
