@@ -202,3 +202,15 @@ def test_ten_times_the_rate_limit_gets_every_score_and_no_duplicate_call(backend
     assert len(fake.billed) == n and len(set(fake.billed)) == n  # each prompt paid exactly once
     assert fake.max_in_flight <= 8 and judge.report.failed == 0
     assert VerdictCache(tmp_path / "c.sqlite").count() == n
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fatal_error_message_never_echoes_the_key(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that quotes the key back in its error body: the one-line error shows *** instead."""
+    _, key = KEYS[backend]
+    with server(backend, plan=["401"]) as fake:
+        original = fake.error_body
+        monkeypatch.setattr(fake, "error_body", lambda kind, message: original(kind, f"invalid x-api-key {key}"))
+        with pytest.raises(JudgeAPIError) as err:
+            make_judge(config(backend, fake), tmp_path / "c.sqlite").judge(items(1))
+    assert "invalid x-api-key ***" in str(err.value) and key not in str(err.value)
