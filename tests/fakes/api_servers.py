@@ -61,14 +61,15 @@ class _Handler(BaseHTTPRequestHandler):
             app.in_flight += 1
             app.max_in_flight = max(app.max_in_flight, app.in_flight)
         try:
-            self._respond(*app.handle(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        finally:
+            status, headers, payload, delay = app.handle(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            if delay:
+                time.sleep(delay)
+        finally:  # before the reply goes out: a client thread can only send its next request after it
             with app.lock:
                 app.in_flight -= 1
+        self._respond(status, headers, payload)
 
-    def _respond(self, status: int, headers: dict[str, str], payload: bytes, delay: float) -> None:
-        if delay:
-            time.sleep(delay)
+    def _respond(self, status: int, headers: dict[str, str], payload: bytes) -> None:
         if status == _RESET:  # SO_LINGER 0: close() sends a TCP RST instead of a response
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True

@@ -86,6 +86,11 @@ class AnthropicJudge(APIJudge):
 
         return (anthropic.APIStatusError,)
 
+    def _sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import anthropic
+
+        return (anthropic.APIError,)
+
     def _params(self, prompt: str) -> dict[str, Any]:
         # No temperature: Claude 5.x models reject non-default sampling parameters with a 400.
         params: dict[str, Any] = {

@@ -20,13 +20,13 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from .base import CostEstimate, Judge, JudgeError, MissingAPIKeyError, estimate_tokens
+from .base import CostEstimate, Judge, JudgeError, JudgeItem, MissingAPIKeyError, Verdict, estimate_tokens
 from .cache import VerdictCache
 
 log = logging.getLogger("assistant_axis.judges")
@@ -246,7 +246,16 @@ class APIJudge(Judge):
         """SDK errors that carry an HTTP status (``status_code``) and the response."""
         raise NotImplementedError
 
+    def _sdk_errors(self) -> tuple[type[BaseException], ...]:
+        """The SDK's base error: anything else it raises fails that one item (not retried, not cached)."""
+        raise NotImplementedError
+
     # -- shared machinery ----------------------------------------------------------------------
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        """As :meth:`Judge.judge`; a fatal error of an earlier call no longer blocks this one."""
+        self._stop.clear()  # before _resume, which may already call the API
+        return super().judge(items)
 
     @property
     def client(self) -> Any:
@@ -318,9 +327,8 @@ class APIJudge(Judge):
     def _run(self, todo: Mapping[str, str]) -> dict[str, tuple[int | None, str]]:
         """Ask every prompt on a bounded pool; cache each verdict as soon as its reply arrives."""
         self.client  # noqa: B018 - fail on a missing key before any thread starts
-        self._stop.clear()
         fatal: tuple[type[BaseException], ...] = (JudgeAPIError,)
-        item_errors = (*self._transient_errors(), *self._status_errors(), MalformedReplyError)
+        item_errors = (*self._transient_errors(), *self._status_errors(), *self._sdk_errors(), MalformedReplyError)
         results: dict[str, tuple[int | None, str]] = {}
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix=f"judge-{self.backend}")
         pending: dict[Future[Reply], str] = {}

@@ -48,6 +48,11 @@ class OpenAIJudge(APIJudge):
 
         return (openai.APIStatusError,)
 
+    def _sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import openai
+
+        return (openai.APIError,)
+
     def _complete(self, client: Any, prompt: str) -> Reply:
         raw = client.chat.completions.with_raw_response.create(
             model=self.model,
