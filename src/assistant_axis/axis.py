@@ -126,7 +126,7 @@ def load_axis(path: str | os.PathLike[str]) -> torch.Tensor:
         data = torch_load_safe(path, fix)
     if isinstance(data, dict):
         if "axis" not in data:
-            raise InputError(path, "field 'axis'", f"is missing (keys: {', '.join(sorted(map(str, data))) or 'none'})", fix)
+            raise InputError(path, "field 'axis'", f"is missing: expected a tensor or a dict with an 'axis' tensor (keys: {', '.join(sorted(map(str, data))) or 'none'})", fix)
         data = data["axis"]
     return check_tensor(data, path, "axis", 2, fix, nonzero=True).float()
 

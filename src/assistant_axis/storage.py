@@ -179,9 +179,8 @@ def parse_json(text: str, source: str | os.PathLike[str], fix: str, where: str =
     try:
         return json.loads(text, object_pairs_hook=_strict_pairs, parse_constant=_no_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
-        line = exc.lineno if not where else None
-        at = f"line {line}, column {exc.colno}" if line else f"column {exc.colno}"
-        _fail(source, f"{prefix}{at}".strip(", "), f"not valid JSON ({exc.msg})", fix)
+        at = f"column {exc.colno}" if where else f"line {exc.lineno}, column {exc.colno}"
+        _fail(source, where, f"not valid JSON ({at}: {exc.msg})", fix)
     except _DuplicateKey as exc:
         _fail(source, f"{prefix}field {exc.key!r}", "appears twice in one object (the second would silently win)", "keep one entry")
     except _BadNumber as exc:
@@ -201,9 +200,9 @@ def read_jsonl(path: str | os.PathLike[str], fix: str, max_bytes: int | None = N
     for n, line in enumerate(read_text(path, fix, max_bytes).splitlines(), 1):
         if not line.strip():
             continue
-        obj = parse_json(line, path, fix, where=f"line {n}")
+        obj = parse_json(line, f"{path}:{n}", fix)  # errors name the file as path:line
         if not isinstance(obj, dict):
-            _fail(path, f"line {n}", f"is a JSON {type(obj).__name__}, not an object", fix)
+            _fail(f"{path}:{n}", "", f"is a JSON {type(obj).__name__}, not an object", fix)
         rows.append((n, obj))
     return rows
 
