@@ -20,7 +20,8 @@ if not workflow.overwrite_configfiles:
 from assistant_axis.pipeline.config import check_config_files
 
 if problem := check_config_files([str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"]):
-    sys.exit(f"assistant-axis: {problem}")
+    print(f"assistant-axis: {problem}", file=sys.stderr)
+    sys.exit(1)
 
 
 include: "workflow/rules/common.smk"

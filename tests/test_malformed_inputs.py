@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from pipeline_helpers import snakemake, tiny_config, write_config
 
 from assistant_axis.axis import check_axis_layer, load_axis, load_role_vectors, save_axis
 from assistant_axis.capping import Cap, CappingConfig, CappingExperiment, load_capping_config
@@ -416,13 +417,13 @@ def test_cli_prints_one_line_and_exits_2(case: str, tmp_path: Path) -> None:
 
 
 def test_snakemake_dry_run_reports_duplicate_config_key(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(BASE_CONFIG.read_text() + "\nprompts_per_role: 3\n")
-    snakemake = str(Path(sys.executable).with_name("snakemake"))
-    proc = subprocess.run(
-        [snakemake, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT), "--configfile", str(config)],
-        capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT,
-    )
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert f"{config}: line" in proc.stderr and "config key 'prompts_per_role' appears twice" in proc.stderr, proc.stderr[-2000:]
+    write_config(tmp_path, tiny_config())
+    config = tmp_path / "config" / "config.yaml"
+    config.write_text(config.read_text() + "prompts_per_role: 3\n")  # given twice: Snakemake alone keeps the last silently
+    proc = snakemake(tmp_path, "-n", check=False, env=_env(), timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, output[-3000:]
+    assert "config/config.yaml: line" in lines[0] and "config key 'prompts_per_role' appears twice" in lines[0], lines[0]
+    assert "Traceback" not in output and 'File "' not in output
