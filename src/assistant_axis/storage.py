@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-# Inputs larger than this are refused before being read: every legitimate input file is far smaller
-# (the biggest are role folders of a few MB); a runaway file is a mistake, not data.
+# Text inputs (JSON, JSONL, YAML, rubrics) larger than this are refused before being read: the
+# legitimate ones are at most a few MB; a runaway file is a mistake, not data. Tensor files have no limit.
 MAX_INPUT_BYTES = 256 * 1024 * 1024
 
 
@@ -223,16 +223,17 @@ def load_safetensors(path: str | os.PathLike[str], fix: str) -> tuple[dict[str, 
 
 
 def read_bytes_check(path: Path, fix: str) -> None:
-    """Existence, type and size checks of :func:`read_bytes` without reading the file (binary inputs)."""
+    """Existence and emptiness checks of :func:`read_bytes` without reading the file (binary inputs).
+
+    No size limit here: a paper-sized ``role_vectors.safetensors`` (276 roles x 80 layers x 8192)
+    is legitimately most of a gigabyte, and tensor files are memory-mapped, not parsed as text.
+    """
     if not path.exists():
         _fail(path, "", "no such file", fix)
     if not path.is_file():
         _fail(path, "", "is a folder, not a file", fix)
-    size = path.stat().st_size
-    if size == 0:
+    if path.stat().st_size == 0:
         _fail(path, "", "is empty", fix)
-    if size > MAX_INPUT_BYTES:
-        _fail(path, "", f"is {size} bytes, more than the {MAX_INPUT_BYTES} accepted", fix)
 
 
 def torch_load_safe(path: str | os.PathLike[str], fix: str = "re-save the file with plain types (tensors, dicts, lists, numbers, strings)") -> Any:

@@ -32,7 +32,11 @@ def _axis_target_layer(path: Path) -> int | None:
 
     with safe_open(str(path), framework="pt") as f:
         value = (f.metadata() or {}).get("target_layer")
-    return int(value) if value not in (None, "") else None
+    if value in (None, ""):
+        return None
+    if not str(value).isdigit():
+        raise InputError(path, "metadata 'target_layer'", f"is {value!r}, not a layer number", "rerun the axis stage, or pass --axis with --layer")
+    return int(value)
 
 
 def resolve_axis(axis: str | None, run: str | None, results_dir: str | os.PathLike[str] = "results") -> AxisSource:
