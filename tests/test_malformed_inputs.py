@@ -376,6 +376,36 @@ def test_axis_and_capping_must_fit_the_model(tmp_path: Path) -> None:
         check_capping_fits(far, "cap.safetensors", "tiny", FACTS)
 
 
+@pytest.mark.parametrize("command", ["project", "chat", "generate"])
+def test_commands_refuse_files_of_another_model_before_loading_it(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An axis or capping file of another model (4 layers x 8 here) is refused before any weights load."""
+    import assistant_axis.models as models
+    from assistant_axis.cli import main
+
+    def no_load(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    spec = "embedded:smollm2-135m-instruct"  # 30 layers, hidden size 576: facts from the built-in table
+    axis = tmp_path / "axis.safetensors"
+    save_axis(torch.randn(4, 8), axis)
+    transcript = tmp_path / "t.json"
+    transcript.write_text(json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]))
+    capping = tmp_path / "cap.safetensors"
+    _capping(torch.randn(8)).save(capping)
+    argv = {
+        "project": ["project", str(transcript), "--axis", str(axis), "--model", spec],
+        "chat": ["chat", "--axis", str(axis), "--model", spec],
+        "generate": ["generate", "hi", "--model", spec, "--capping-config", str(capping), "--cap", "layers_1:2-p0.25"],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "cap.safetensors: layer 1 vector: has length 8 but" if command == "generate" else "axis.safetensors: field 'axis': has 4 layers but"
+    assert len(err.splitlines()) == 1 and expected in err, err
+
+
 def test_check_tensor_expected_shape() -> None:
     check_tensor(torch.randn(4, 8), "f", "axis", 2, "fix", shape=(4, None))
     with pytest.raises(InputError, match=r"f: field 'axis': has shape \(3, 8\): 3 layers where 4 are expected; fix"):
