@@ -2,8 +2,8 @@
 
 For generate, extract, judge, evaluate_capping and drift, a job is killed with SIGKILL (its whole
 process group, as a lost node or the OOM killer would) after k units are cached, then rerun. The
-rerun must (1) produce outputs byte-identical to an uninterrupted run (HF greedy or seeded sampling
-in float32 on CPU is deterministic), (2) leave every unit finished before the kill untouched (same
+rerun must (1) produce outputs identical to an uninterrupted run, bit for bit (HF greedy or seeded
+sampling in float32 on CPU is deterministic), (2) leave every unit finished before the kill untouched (same
 mtime; the log reports them cached; the judge server bills every item once), (3) never trust a
 torn file: a truncated cache entry planted for an unfinished unit is ignored and recomputed, and no
 ``*.tmp`` file is left behind.
@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 from fakes.api_servers import FakeAnthropic
 from pipeline_helpers import REPO, SNAKEMAKE, snakemake, tiny_config, write_config
+from safetensors import safe_open
 
 from assistant_axis.pipeline.cache import TEST_UNIT_DELAY_ENV
 
@@ -127,9 +128,23 @@ def _no_temp_files(work: Path) -> None:
     assert not left, f"temporary files left behind: {left}"
 
 
+def _safetensors(path: Path) -> tuple[dict[str, bytes], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}, f.metadata()  # noqa: SIM118 - not a dict
+
+
 def _same_as_reference(reference: Path, work: Path, stage: str) -> None:
+    """Parquet: the same table bit for bit (values, schema, metadata; the file's bytes can differ with
+    how Arrow chunked the concatenated units); safetensors: the same tensor bytes and metadata (the
+    writer orders the metadata keys arbitrarily); every other file: the same bytes."""
     for target in TARGETS[stage]:
-        assert (work / target).read_bytes() == (reference / target).read_bytes(), f"{target} differs from the uninterrupted run"
+        if target.suffix == ".parquet":
+            got, want = pq.read_table(work / target), pq.read_table(reference / target)
+            assert got.equals(want, check_metadata=True), f"{target} differs from the uninterrupted run"
+        elif target.suffix == ".safetensors":
+            assert _safetensors(work / target) == _safetensors(reference / target), f"{target} differs from the uninterrupted run"
+        else:
+            assert (work / target).read_bytes() == (reference / target).read_bytes(), f"{target} differs from the uninterrupted run"
 
 
 def _kill_resume_unit_stage(reference: Path, tmp_path: Path, stage: str, cache_rel: str, pattern: str, k: int) -> str:
