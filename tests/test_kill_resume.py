@@ -89,8 +89,8 @@ def _entries(folder: Path, pattern: str) -> dict[str, int]:
 def _start(work: Path, stage: str, env: dict[str, str]) -> subprocess.Popen:
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "1",
            *(str(t) for t in TARGETS[stage])]
-    out = open(work / f"killed_{stage}.out", "w")  # noqa: SIM115 - closed by the child's exit
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
+    with open(work / f"killed_{stage}.out", "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True)
 
 
 def _kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
