@@ -199,7 +199,7 @@ def test_killed_drift_resumes_after_the_last_finished_turn(reference, tmp_path):
 
 
 def test_killed_judge_pays_no_verdict_twice(reference, tmp_path):
-    """The paid judge (fake Anthropic on loopback, one call at a time, 1 s per reply) killed after 2 of 4
+    """The paid judge (fake Anthropic on loopback, one call at a time, each held 1 s before it is served) killed after 2 of 4
     verdicts: the rerun asks only for the other 2; every prompt is billed exactly once."""
     work = _fresh_copy(reference, tmp_path / "w", "judge")
     db = work / RES / "cache" / "judge" / "verdicts.sqlite"
