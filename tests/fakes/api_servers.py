@@ -17,7 +17,9 @@ envelope), ``"reset"`` (the connection is closed with a TCP reset and no respons
 ``"nonjson"`` (200 with an HTML body). ``reply_delay`` holds every served reply that long, and
 ``max_in_flight`` records the most requests the server was handling at once. ``rate_limit_per_s``
 serves at most that many requests in any one-second window and answers the rest 429 with the
-``retry-after`` that frees a slot, as a rate-limited API does.
+``retry-after`` that frees a slot, as a rate-limited API does. ``request_delay`` makes every POST
+wait that long *before* it is handled (the kill tests: a slow API a job can die in front of); a
+client that hangs up meanwhile is neither handled nor billed and is counted in ``abandoned``.
 """
 
 from __future__ import annotations
@@ -53,10 +55,26 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr access log
         pass
 
+    def _client_left(self) -> bool:
+        """True when the client closed its connection (EOF or reset) while its request waited."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def _dispatch(self, method: str) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         app = self.server.app
+        if method == "POST" and app.request_delay:
+            time.sleep(app.request_delay)
+            if self._client_left():
+                with app.lock:
+                    app.abandoned += 1
+                self.close_connection = True
+                return
         with app.lock:
             app.in_flight += 1
             app.max_in_flight = max(app.max_in_flight, app.in_flight)
@@ -132,12 +150,15 @@ class FakeAPI:
         timeout_delay: float = 2.0,
         reply_delay: float = 0.0,
         rate_limit_per_s: int | None = None,
+        request_delay: float = 0.0,
     ):
         self.plan: deque[str] = deque(plan)
         self.retry_after = retry_after
         self.timeout_delay = timeout_delay
         self.reply_delay = reply_delay
         self.rate_limit_per_s = rate_limit_per_s
+        self.request_delay = request_delay
+        self.abandoned = 0  # POSTs whose client hung up during request_delay: not handled, not billed
         self._served: deque[float] = deque()  # start times of requests served in the last second
         self.in_flight = 0
         self.max_in_flight = 0
