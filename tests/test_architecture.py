@@ -18,7 +18,7 @@ SCHEMA = REPO / "config" / "config.schema.yaml"
 
 # Lower layers never import higher ones (docs/ARCHITECTURE.md, "Module map").
 LAYERS = {
-    0: {"storage", "plots", "batching", "layers", "roles", "traits", "uncertainty"},
+    0: {"storage", "datafiles", "plots", "batching", "layers", "roles", "traits", "uncertainty"},
     1: {"models", "conversation", "transcripts"},
     2: {"activations", "axis", "capping", "generation", "steering", "monitor", "evaluation", "judges",
         "vllm_backend", "vllm_worker", "pca", "internals", "reference_vllm"},

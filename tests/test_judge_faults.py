@@ -40,7 +40,7 @@ def config(backend: str, fake: FakeAPI, **over: Any) -> dict[str, Any]:
         "max_concurrency": 1,
         "max_retries": 3,
         "retry_backoff_s": 0.01,
-        "timeout_s": 0.4,
+        "timeout_s": 1.5,  # under the fake's 2 s "timeout" fault, far above a loaded machine's reply time
         "budget_usd": 1.0,
     }
     if backend == "openai":
@@ -58,7 +58,7 @@ RETRIED = ["408", "429", "429-bare", "500", "502", "503", "529", "timeout", "res
 @pytest.mark.parametrize("fault", RETRIED)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_transient_fault_is_retried_and_paid_once(backend: str, fault: str, tmp_path: Path) -> None:
-    with server(backend, plan=[fault], retry_after="0.01", timeout_delay=1.0) as fake:
+    with server(backend, plan=[fault], retry_after="0.01", timeout_delay=3.0) as fake:
         judge = make_judge(config(backend, fake), tmp_path / "c.sqlite")
         verdicts = judge.judge(items(2))
     assert [v.score for v in verdicts] == [0, 1]
