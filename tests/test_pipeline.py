@@ -327,7 +327,9 @@ def test_auto_backend_falls_back_to_hf_without_vllm(tmp_path, done_run):
     cfg["models"]["tiny"]["backend"] = "auto"
     write_config(work, cfg)
     target = "results/tiny/generate/shard_000.parquet"
-    proc = snakemake(work, target, env={"PYTHONPATH": str(hide)})
+    # keep the caller's PYTHONPATH behind the hiding folder: it names the source tree under test
+    pythonpath = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH", "")) if p)
+    proc = snakemake(work, target, env={"PYTHONPATH": pythonpath})
     assert "run tiny: backend 'auto' generates with HF transformers: vLLM is not installed" in proc.stderr
     assert pq.read_schema(work / target).metadata[b"backend"] == b"hf"
     pd.testing.assert_frame_equal(pd.read_parquet(work / target), pd.read_parquet(done_run / target))
