@@ -58,3 +58,26 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     root.mkdir(exist_ok=True)
     with FileLock(str(root) + ".lock"):
         return _finish_shared_run(root)
+
+
+# Modules whose tests use `shared_run`. Under `--dist loadscope` they form one scope, so a single
+# xdist worker runs them one after the other while the other worker goes on with the rest of the
+# suite, instead of idling on the lock until the run is made.
+SHARED_RUN_MODULES = ("tests/test_pipeline.py", "tests/test_analyses.py")
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist not installed: serial runs need no scheduler
+    pass
+else:
+
+    class _SharedRunScopeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "shared_run" if scope.endswith(SHARED_RUN_MODULES) else scope
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log) -> LoadScopeScheduling | None:
+        """`--dist loadscope` with the shared-run modules kept on one worker; other modes unchanged."""
+        if config.getoption("dist") == "loadscope":
+            return _SharedRunScopeScheduling(config, log)
+        return None
