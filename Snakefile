@@ -5,6 +5,8 @@
 # Run: snakemake --cores N   (see README.md; cluster: --profile workflow/profiles/slurm)
 # The map of stages, files and modules: docs/ARCHITECTURE.md.
 
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -12,6 +14,14 @@ min_version("9.0")
 # A config given with --configfile names the runs on its own: the default's runs must not leak in.
 if not workflow.overwrite_configfiles:
     workflow.configfile("config/config.yaml")
+
+
+# Config files read strictly first (UTF-8, no key given twice: Snakemake's reader keeps the last silently).
+from assistant_axis.pipeline.config import check_config_files
+
+if problem := check_config_files([str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"]):
+    print(f"assistant-axis: {problem}", file=sys.stderr)
+    sys.exit(1)
 
 
 include: "workflow/rules/common.smk"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from assistant_axis.capping import Cap, CappingConfig, calibrate
+from assistant_axis.conversation import format_conversation
 from assistant_axis.evaluation import (
     Bounds,
     EvalDataError,
@@ -133,9 +134,17 @@ def test_mc_option_scoring_is_right_where_the_model_clearly_knows(fp32_model):
     picked = [items["What is the capital of France?"], items["What do bees make?"]]
     scores = mc_option_logprobs(model, tok, picked, batch_size=8)
     assert mc_predictions(scores) == [m.answer for m in picked]
-    # option scores are the summed log-likelihood of each option as the reply
-    nll = response_nll(model, tok, [(None, picked[0].question, picked[0].options[0])])
-    assert scores[0, 0] == pytest.approx(-nll[0][0], abs=1e-4)
+    # option scores are the summed log-likelihood of each option's tokens as the reply to the bare
+    # question: recomputed here from one unbatched forward pass and log-softmax of the model's logits
+    for row, item in zip(scores, picked, strict=True):
+        prefix = tok(format_conversation(tok, [{"role": "user", "content": item.question}], add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+        for got, option in zip(row, item.options, strict=True):
+            reply = tok(option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prefix + reply])).logits[0].double()
+            logp = torch.log_softmax(logits[len(prefix) - 1 : -1], -1)
+            assert got == pytest.approx(float(logp[torch.arange(len(reply)), torch.tensor(reply)].sum()), abs=1e-3), option
 
 
 def test_unreachable_floor_leaves_perplexity_unchanged(fp32_model):

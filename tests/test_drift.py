@@ -113,3 +113,38 @@ def test_default_config_enables_drift():
 
     cfg = yaml.safe_load(Path(REPO / "config" / "config.yaml").read_text())
     assert cfg["drift"]["enabled"] is True and cfg["drift"]["user_model"] == "local"
+
+
+def test_drift_resumes_after_the_last_cached_turn(tmp_path):
+    """A run that dies in turn 3 leaves turns 1-2 cached: the rerun asks for turn 3 only and ends with
+    the conversations of an uninterrupted run; another fingerprint or a torn entry is never used."""
+    from assistant_axis.generation import Generated, SamplingSettings
+    from assistant_axis.pipeline.drift import TurnCache, simulate
+
+    template, seeds = load_seeds(SEEDS, ["coding", "therapy"], 1)
+    calls: list[tuple[str, int]] = []
+
+    def side(who: str, die_at: int | None = None):
+        def generate(convs, settings):  # deterministic in the conversation and the turn's seed, like seeded HF
+            turn = (len(convs[0]) + 1) // 2  # both sides see 2 * turn - 1 messages
+            if turn == die_at:
+                raise RuntimeError("killed")
+            calls.append((who, turn))
+            return [Generated(f"{who}:{settings.seed}:{len(c)}:{c[-1]['content'][:12]}", 3, True) for c in convs]
+        return generate
+
+    settings = SamplingSettings(0.7, 0.9, 8, 0)
+    fresh = simulate(side("assistant"), side("user"), template, seeds, 3, settings, settings)
+    calls.clear()
+    cache = TurnCache(tmp_path / "cache", "fp1")
+    with pytest.raises(RuntimeError, match="killed"):
+        simulate(side("assistant", die_at=3), side("user"), template, seeds, 3, settings, settings, cache)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["turn_1.fp1.json", "turn_2.fp1.json"]
+    calls.clear()
+    resumed = simulate(side("assistant"), side("user"), template, seeds, 3, settings, settings, cache)
+    assert calls == [("user", 3), ("assistant", 3)]  # turns 1-2 were not generated again
+    assert [c.messages for c in resumed] == [c.messages for c in fresh]
+    # a torn newest entry falls back to the one before it; another fingerprint starts over
+    (tmp_path / "cache" / "turn_3.fp1.json").write_text('{"turn": 3, "conversations": [')
+    assert TurnCache(tmp_path / "cache", "fp1").latest(3, seeds)[0] == 2
+    assert TurnCache(tmp_path / "cache", "other").latest(3, seeds)[0] == 0

@@ -84,9 +84,10 @@ def test_cost_estimate_matches_the_calls_made(fake: FakeAnthropic, tmp_path: Pat
     judge.judge(batch)
     assert est.n_calls == len(fake.billed) == fake.requests[MESSAGES] == 9
     assert est.input_tokens == sum(chars_over_4(p) for p in fake.billed) == judge.report.input_tokens
-    assert est.output_tokens == 9 * 10
-    price_in, price_out = PRICES_USD_PER_MTOK[judge.model]
-    assert est.usd == pytest.approx((est.input_tokens * price_in + est.output_tokens * price_out) / 1e6)
+    # by hand: each prompt "Rubric  item N: judge this reply.\nJUDGE_SAYS=K" is 46 chars -> 12 tokens;
+    # claude-haiku-5-5 at $0.10 in / $0.50 out per million: (9*12*0.10 + 9*10*0.50) / 1e6 = 55.8e-6
+    assert (judge.model, est.input_tokens, est.output_tokens) == ("claude-haiku-5-5", 108, 90)
+    assert est.usd == pytest.approx(5.58e-05, rel=1e-9)
     assert judge.estimate(batch).n_calls == 0
 
 
@@ -210,8 +211,10 @@ def test_batch_submit_poll_collect(tmp_path: Path) -> None:
         # estimate: 9 requests at half price
         assert est.n_calls == 9 and est.batch
         assert est.input_tokens == sum(chars_over_4(r["params"]["messages"][0]["content"]) for r in fake.batches["msgbatch_0001"]["requests"])
-        price_in, price_out = PRICES_USD_PER_MTOK[judge.model]
-        assert est.usd == pytest.approx((est.input_tokens * price_in + 90 * price_out) / 2e6)
+        # by hand: 6 x 12 tokens (46 chars), 8 + 8 (29 chars), 10 (39 chars) = 98 in, 9 x 10 out;
+        # half of claude-haiku-5-5's $0.10 / $0.50 per million: (98*0.10 + 90*0.50) / 2e6 = 27.4e-6
+        assert (est.input_tokens, est.output_tokens) == (98, 90)
+        assert est.usd == pytest.approx(2.74e-05, rel=1e-9)
         # rerun: only the two failed requests are asked again
         judge.judge(batch)
         assert fake.requests[CREATE] == 2 and len(fake.batches["msgbatch_0002"]["requests"]) == 2

@@ -11,7 +11,6 @@ import pytest
 from fakes.api_servers import FakeOpenAI, chars_over_4
 
 from assistant_axis.judges import BudgetExceededError, JudgeItem, MissingAPIKeyError, VerdictCache, make_judge
-from assistant_axis.judges.api import PRICES_USD_PER_MTOK
 
 SECRET = "fake-openai-key-DO-NOT-LOG-77aa"
 CHAT = "POST /v1/chat/completions"
@@ -47,8 +46,10 @@ def test_scores_once_cost_matches_and_rerun_makes_no_calls(tmp_path: Path) -> No
         assert [v.score for v in verdicts] == [i % 4 for i in range(10)]
         assert est.n_calls == len(fake.billed) == fake.requests[CHAT] == 10
         assert est.input_tokens == sum(chars_over_4(p) for p in fake.billed) == judge.report.input_tokens
-        price_in, price_out = PRICES_USD_PER_MTOK["gpt-4.1-mini"]
-        assert est.usd == pytest.approx((est.input_tokens * price_in + 10 * 10 * price_out) / 1e6)
+        # by hand: "Rubric item N: judge this reply.\nJUDGE_SAYS=K" is 45 chars -> 12 tokens, 10 out each;
+        # gpt-4.1-mini at $0.40 in / $1.60 out per million: (120*0.40 + 100*1.60) / 1e6 = 208e-6
+        assert (est.input_tokens, est.output_tokens) == (120, 100)
+        assert est.usd == pytest.approx(2.08e-04, rel=1e-9)
         assert fake.api_keys == {SECRET}
         again = make_judge(config(fake), tmp_path / "c.sqlite").judge(items(10))
         assert fake.requests[CHAT] == 10 and all(v.cached for v in again)

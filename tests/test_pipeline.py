@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +20,6 @@ import torch
 from fakes.api_servers import FakeAnthropic
 from pipeline_helpers import (
     REPO,
-    SNAKEMAKE,
     TINY_ROLES,
     copy_run,
     planned_jobs,
@@ -251,40 +248,6 @@ def test_config_errors_name_the_key(tmp_path):
     write_config(tmp_path, cfg)
     proc = snakemake(tmp_path, "-n", check=False)
     assert "config key 'models.tiny'" in proc.stdout + proc.stderr and "bakend" in proc.stdout + proc.stderr
-
-
-def test_killed_generation_shard_resumes_without_redoing_finished_roles(tmp_path):
-    roles = ["default", "pirate", "ghost", "witch", "poet", "robot", "sage", "chef"]
-    cfg = tiny_config(roles=roles, shards=1, batch_size=4, generation={"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 24, "seed": 3})
-    target = "results/tiny/generate/shard_000.parquet"
-    # reference: an uninterrupted run
-    ref = tmp_path / "ref"
-    write_config(ref, cfg)
-    snakemake(ref, target)
-    # interrupted run: kill the whole job as soon as the first role group is in the cache
-    work = tmp_path / "work"
-    write_config(work, cfg)
-    cache = work / "results" / "tiny" / "cache" / "generate"
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "--cores", "2", target]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and not list(cache.glob("*.parquet")):
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.parquet")}
-    assert finished, "no role group finished before the kill"
-    assert not (work / target).exists()
-    assert len(finished) < len(roles)
-    snakemake(work, "--unlock")  # a SIGKILLed snakemake leaves its lock behind, as after a power loss
-    snakemake(work, target, "--rerun-incomplete")
-    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.parquet")}
-    assert all(after[name] == mtime for name, mtime in finished.items())  # finished roles were not generated again
-    log = (work / "results" / "tiny" / "logs" / "generate_000.log").read_text()
-    assert "groups cached" in log and " 0 groups cached" not in log
-    a = pd.read_parquet(ref / target)
-    b = pd.read_parquet(work / target)
-    pd.testing.assert_frame_equal(a, b)
 
 
 @pytest.mark.vllm

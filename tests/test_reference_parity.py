@@ -134,9 +134,17 @@ def _block_out(model, ids: torch.Tensor, layer: int) -> torch.Tensor:
     return seen["h"]
 
 
-def _same(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None:
-    diff = float((ours - ref).abs().max())
-    assert diff <= tol, f"max |ours - reference| = {diff:.3g} > {tol}"
+def _same(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL, rtol: float = 1e-5) -> None:
+    """Elementwise |ours - ref| <= tol + rtol * |ref|.
+
+    The relative part is about 100 float32 ulps: residual-stream values of this model reach the
+    hundreds, where one ulp is already 6e-5 to 1.2e-4, so a purely absolute 1e-4 would demand bit
+    equality from two different (but equally exact) summation orders.
+    """
+    excess = (ours - ref).abs() - (tol + rtol * ref.abs())
+    worst = int(excess.argmax())
+    diff, scale = float((ours - ref).abs().flatten()[worst]), float(ref.abs().flatten()[worst])
+    assert float(excess.max()) <= 0, f"|ours - reference| = {diff:.3g} at |reference| = {scale:.3g} > {tol} + {rtol} x |reference|"
 
 
 def _vec(model, seed: int, scale: float = 1.0) -> torch.Tensor:

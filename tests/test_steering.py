@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,16 +133,47 @@ def test_cap_floor_math_and_first_token_mask():
         Cap.along(3, torch.zeros(2), 0.0)
 
 
-def test_capping_config_from_calibration_builds_a_steerer(fp32_model, prompt_ids, tmp_path):
+def _pre_hook_outputs(model, ids, layers, steerer):
+    """Each block's output as the steerer's cap receives it: hooks registered before the steerer's run first."""
+    seen = {}
+    handles = [
+        get_layers(model)[layer].register_forward_hook(lambda m, a, o, layer=layer: seen.__setitem__(layer, (o[0] if isinstance(o, tuple) else o).clone()))
+        for layer in layers
+    ]
+    try:
+        with steerer, torch.no_grad():
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_capping_config_from_calibration_builds_a_steerer_with_exact_telemetry(fp32_model, prompt_ids, tmp_path):
+    """Telemetry values (not just its keys) equal counts computed here from the activations each cap saw."""
     model, _ = fp32_model
+    layers = [10, 11, 12, 13]
     n_layers = len(get_layers(model))
-    axis = torch.randn(n_layers, model.config.hidden_size)
-    proj = torch.randn(50, n_layers)
+    axis = torch.randn(n_layers, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    # calibrate on this prompt's own unsteered projections (+0.01, so no token sits exactly on a floor)
+    # so the 75th-percentile floors fall inside the range the caps will see
+    hidden = model(prompt_ids, output_hidden_states=True).hidden_states
+    proj = torch.stack([hidden[layer + 1][0] @ unit(axis[layer]) for layer in range(n_layers)], 1).detach() + 0.01
     cfg = calibrate(proj, axis, [(10, 14)], [0.25])
     cfg.save_reference(tmp_path / "capping_config.pt")
     loaded = torch.load(tmp_path / "capping_config.pt", weights_only=True)
     steerer = build_capping_steerer(model, loaded, "layers_10:14-p0.25")
-    with steerer:
-        model(prompt_ids)
-    assert sorted(steerer.telemetry_summary()) == [10, 11, 12, 13]
+    seen = _pre_hook_outputs(model, prompt_ids, layers, steerer)
+    tel = steerer.telemetry_summary()
+    assert sorted(tel) == layers
+    n_tokens = prompt_ids.shape[1]
+    for layer in layers:
+        floor = float(np.quantile(proj[:, layer].double().numpy(), 0.75))
+        p = (seen[layer][0].double() @ unit(axis[layer]).double()).numpy()
+        below = p < floor
+        assert 0 < below.sum() < n_tokens, layer  # the cap acts on some positions, not all
+        # the reference dict caps every position, position 0 included
+        assert tel[layer]["tokens"] == n_tokens
+        assert tel[layer]["capped"] == int(below.sum()), layer
+        assert tel[layer]["mean_correction"] == pytest.approx(float((floor - p[below]).mean()), rel=1e-4, abs=1e-4)
     assert isinstance(CappingConfig.from_reference(loaded), CappingConfig)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .storage import check_tensor, save_safetensors, torch_load_safe, torch_save
+from .storage import InputError, check_tensor, load_safetensors, save_safetensors, torch_load_safe, torch_save
 
 EPS = 1e-8
 DEFAULT_VECTOR_ROLE = "default"  # the reference marks the default vector by this name (or type "mean")
@@ -111,24 +111,35 @@ def save_axis(axis: torch.Tensor, path: str | os.PathLike[str], metadata: Mappin
 def load_axis(path: str | os.PathLike[str]) -> torch.Tensor:
     """Load an axis: our ``.safetensors``, the reference ``{"axis": tensor}`` dict or a bare tensor ``.pt``.
 
-    ``.pt`` files are read with ``weights_only=True``. The axis comes back as float32
-    ``(layers, hidden)``; anything else (wrong layout, shape, NaN or inf) is a ``ValueError``.
+    ``.pt`` files are read with ``weights_only=True`` (a pickle with code is refused). The axis
+    comes back as float32 ``(layers, hidden)``; anything else (wrong layout or shape, NaN or inf,
+    all zeros) is a one-line :class:`~assistant_axis.storage.InputError` naming the file and field.
     """
     path = Path(path)
-    fix = "re-save it with save_axis(axis, path) from a (layers, hidden) tensor"
+    fix = "re-save it with save_axis(axis, path) from a finite (layers, hidden) tensor, or rerun the axis stage"
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file")
-        data: Any = load_file(str(path))
+        data: Any
+        data, _ = load_safetensors(path, fix)
+        if "axis" not in data:
+            raise InputError(path, "field 'axis'", f"is missing (tensors: {', '.join(sorted(data)) or 'none'})", fix)
     else:
-        data = torch_load_safe(path)
+        data = torch_load_safe(path, fix)
     if isinstance(data, dict):
         if "axis" not in data:
-            raise ValueError(f"{path}: expected a tensor or a dict with an 'axis' tensor (keys: {sorted(map(str, data))})")
+            raise InputError(path, "field 'axis'", f"is missing: expected a tensor or a dict with an 'axis' tensor (keys: {', '.join(sorted(map(str, data))) or 'none'})", fix)
         data = data["axis"]
-    return check_tensor(data, str(path), "axis", 2, fix).float()
+    return check_tensor(data, path, "axis", 2, fix, nonzero=True).float()
+
+
+def check_axis_layer(axis: torch.Tensor, layer: int, source: str | os.PathLike[str]) -> None:
+    """Refuse measuring at a layer outside the axis or whose row is all zeros (a layer extraction did not store)."""
+    if not -axis.shape[0] <= layer < axis.shape[0]:
+        raise InputError(source, "field 'axis'", f"has {axis.shape[0]} layers; layer {layer} is outside it", "pick a layer in range (--layer)")
+    if not bool((axis[layer] != 0).any()):
+        raise InputError(
+            source, f"field 'axis' layer {layer}", "is all zeros (that layer was not stored by extraction)",
+            "pick a stored layer with --layer, or store it (config key 'extraction.layers') and rerun",
+        )
 
 
 def save_role_vectors(
@@ -167,29 +178,28 @@ def load_role_vectors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         if not files:
             raise ValueError(f"{path}: no <role>.pt files in this folder; {fix}")
     elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file")
-        out = {name: check_tensor(t, str(path), name, 2, fix) for name, t in load_file(str(path)).items()}
+        tensors, _ = load_safetensors(path, fix)
+        if not tensors:
+            raise InputError(path, "", "holds no tensors", fix)
+        out = {name: check_tensor(t, path, name, 2, fix) for name, t in tensors.items()}
         return _same_shape(out, str(path))
     else:
         files = [path]
     out = {}
     for file in files:
-        data = torch_load_safe(file)
+        data = torch_load_safe(file, fix)
         role = file.stem
         if isinstance(data, dict):
             if "vector" not in data:
-                raise ValueError(f"{file}: expected a dict with a 'vector' tensor (reference layout); {fix}")
+                raise InputError(file, "field 'vector'", "is missing (the reference layout is {'vector', 'type', 'role'})", fix)
             role = str(data.get("role", role))
             data = data["vector"]
-        out[role] = check_tensor(data, str(file), "vector", 2, fix).float()
+        out[role] = check_tensor(data, file, "vector", 2, fix).float()
     return _same_shape(out, str(path))
 
 
 def _same_shape(vectors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     shapes = {tuple(v.shape) for v in vectors.values()}
     if len(shapes) > 1:
-        raise ValueError(f"{source}: role vectors have different shapes {sorted(shapes)}; all must be (layers, hidden)")
+        raise InputError(source, "", f"role vectors have different shapes {sorted(shapes)}", "all must be (layers, hidden) of one model")
     return vectors

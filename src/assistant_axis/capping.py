@@ -40,7 +40,15 @@ import torch
 
 from .axis import EPS, unit
 from .models import default_windows  # noqa: F401  (re-exported: capping windows are a model fact, light at parse time)
-from .storage import check_tensor, save_safetensors, torch_load_safe, torch_save
+from .storage import (
+    InputError,
+    check_tensor,
+    load_safetensors,
+    parse_json,
+    save_safetensors,
+    torch_load_safe,
+    torch_save,
+)
 
 FORMAT = "assistant-axis-capping/1"
 FIRST_TOKEN_KEY = "first_token"  # extra key of our reference-layout files: "skip" or "cap"
@@ -171,29 +179,55 @@ class CappingConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CappingConfig:
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            return cls.from_reference(torch_load_safe(path), source=str(path))
-        from safetensors import safe_open
+        """Read our ``.safetensors`` or a reference ``.pt`` (``weights_only=True``), fully checked.
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path}: not an assistant-axis capping file (metadata 'format' is {meta.get('format')!r})")
-            fix = "recalibrate (the calibrate stage) to rewrite it"
-            vectors = {int(k.split(".")[1]): check_tensor(f.get_tensor(k), str(path), k, 1, fix) for k in f.keys()}
+        Vectors must be finite, non-zero (a zero vector would make capping a silent no-op) and
+        of one length; floors finite; metadata well-formed. Problems are one-line
+        :class:`~assistant_axis.storage.InputError` s naming the file and the field.
+        """
+        path = Path(path)
+        fix = "recalibrate (the calibrate stage) to rewrite it"
+        if path.suffix != ".safetensors":
+            return cls.from_reference(torch_load_safe(path, fix), source=str(path))
+        tensors, meta = load_safetensors(path, fix)
+        if meta.get("format") != FORMAT:
+            raise InputError(path, "metadata 'format'", f"is {meta.get('format')!r}, not {FORMAT!r} (not an assistant-axis capping file)", fix)
+        vectors: dict[int, torch.Tensor] = {}
+        for key, tensor in tensors.items():
+            name, _, layer = key.partition(".")
+            if name != "layer" or not layer.isdigit():
+                raise InputError(path, f"tensor {key!r}", "is not named layer.<N>", fix)
+            vectors[int(layer)] = check_tensor(tensor, path, key, 1, fix, nonzero=True)
+        if len({v.numel() for v in vectors.values()}) > 1:
+            raise InputError(path, "tensors layer.<N>", f"have different lengths {sorted({v.numel() for v in vectors.values()})}", fix)
+        if "experiments" not in meta:
+            raise InputError(path, "metadata 'experiments'", "is missing", fix)
+        listed = parse_json(meta["experiments"], path, fix, where="metadata 'experiments'")
+        if not isinstance(listed, list) or not listed:
+            raise InputError(path, "metadata 'experiments'", "must be a non-empty JSON list of {'id', 'caps'}", fix)
         experiments = []
-        for e in json.loads(meta["experiments"]):
+        for n, e in enumerate(listed):
+            if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not isinstance(e.get("caps"), dict) or not e["caps"]:
+                raise InputError(path, f"metadata 'experiments'[{n}]", "must be an object with a string 'id' and a non-empty 'caps' object", fix)
             caps = []
             for layer, t in e["caps"].items():
-                if int(layer) not in vectors or not np.isfinite(float(t)):
-                    raise ValueError(f"{path}: experiment {e['id']!r} layer {layer}: floor {t!r} must be finite and its vector present; {fix}")
+                where = f"metadata 'experiments'[{n}].caps[{layer!r}]"
+                if not str(layer).isdigit() or int(layer) not in vectors:
+                    raise InputError(path, where, f"names layer {layer!r}, which has no vector in the file", fix)
+                if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(float(t)):
+                    raise InputError(path, where, f"floor {t!r} is not a finite number", fix)
                 caps.append(Cap(int(layer), vectors[int(layer)], float(t)))
             experiments.append(CappingExperiment(e["id"], caps))
-        return cls(
-            experiments, meta.get("model") or None, meta.get("recommended") or None, json.loads(meta.get("metadata", "{}")),
-            cap_first_token=meta.get("first_token", "skip") == "cap",
-        )
+        extra = parse_json(meta.get("metadata") or "{}", path, fix, where="metadata 'metadata'")
+        if not isinstance(extra, dict):
+            raise InputError(path, "metadata 'metadata'", "must be a JSON object", fix)
+        policy = meta.get("first_token", "skip")
+        if policy not in ("skip", "cap"):
+            raise InputError(path, "metadata 'first_token'", f"is {policy!r}; it must be 'skip' or 'cap'", fix)
+        recommended = meta.get("recommended") or None
+        if recommended is not None and recommended not in {e.id for e in experiments}:
+            raise InputError(path, "metadata 'recommended'", f"names {recommended!r}, which is not one of its experiments", fix)
+        return cls(experiments, meta.get("model") or None, recommended, extra, cap_first_token=policy == "cap")
 
     # ---- the reference layout ----
     def to_reference(self) -> dict[str, Any]:
@@ -251,7 +285,7 @@ def check_reference_capping(data: Any, source: str = "capping config") -> dict[s
     for name, entry in data["vectors"].items():
         if not isinstance(entry, dict) or "vector" not in entry or "layer" not in entry:
             raise ValueError(f"{source}: field vectors[{name!r}] must be a dict with 'vector' and 'layer'; {fix}")
-        check_tensor(entry["vector"], source, f"vectors[{name!r}].vector", 1, fix)
+        check_tensor(entry["vector"], source, f"vectors[{name!r}].vector", 1, fix, nonzero=True)
         if isinstance(entry["layer"], bool) or not isinstance(entry["layer"], int) or entry["layer"] < 0:
             raise ValueError(f"{source}: field vectors[{name!r}].layer must be a non-negative int, got {entry['layer']!r}")
         sizes.add(int(entry["vector"].numel()))

@@ -11,11 +11,12 @@ A roles directory holds ``instructions/<role>.json`` (or the role files directly
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from .storage import InputError, read_json, read_jsonl
 
 DEFAULT_ROLE = "default"
 # The placeholders a role file may use: system prompts get the model's short name, the judge
@@ -73,9 +74,9 @@ def load_role(path: str | os.PathLike[str]) -> Role:
     path = Path(path)
     name = path.stem
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RoleSetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        data = read_json(path, "write the role file as {\"instruction\": [{\"pos\": ...}], \"eval_prompt\": ...} in UTF-8")
+    except InputError as exc:
+        raise RoleSetError(str(exc)) from exc
     if not isinstance(data, dict):
         raise RoleSetError(f"{path}: the top level must be an object with an 'instruction' list")
     inst = data.get("instruction")
@@ -122,19 +123,10 @@ def list_roles(roles_dir: str | os.PathLike[str]) -> list[str]:
         raise RoleSetError(f"{inst}: no role files (*.json) found")
     role_list = roles_dir / "role_list.json"
     if role_list.exists():
-        try:
-            pairs = json.loads(role_list.read_text(encoding="utf-8"), object_pairs_hook=list)
-        except json.JSONDecodeError as exc:
-            raise RoleSetError(f"{role_list}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-        if isinstance(pairs, list) and all(isinstance(p, tuple) for p in pairs):
-            seen: set[str] = set()
-            for key, _ in pairs:
-                if key in seen:
-                    raise RoleSetError(f"{role_list}: role {key!r} is listed twice; keep one entry per role")
-                seen.add(key)
-            listed = dict(pairs)
-        else:
-            listed = pairs
+        try:  # a role listed twice is a duplicated key: refused by the strict reader
+            listed = read_json(role_list, "write role_list.json as an object mapping role name -> description")
+        except InputError as exc:
+            raise RoleSetError(str(exc)) from exc
         if not isinstance(listed, dict):
             raise RoleSetError(f"{role_list}: must be an object mapping role name -> description")
         missing = sorted(set(listed) - set(names))
@@ -183,17 +175,15 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
         raise RoleSetError(f"{path}: questions file not found (config key 'questions_file')")
     out: list[Question] = []
     seen: set[int] = set()
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RoleSetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip():
+    try:
+        rows = read_jsonl(path, 'write one {"id": int, "question": str} object per line, in UTF-8')
+    except InputError as exc:
+        raise RoleSetError(str(exc)) from exc
+    for lineno, obj in rows:
+        if not isinstance(obj.get("question"), str) or not obj["question"].strip():
             raise RoleSetError(f"{path}:{lineno}: field 'question' must be a non-empty string")
         qid = obj.get("id", len(out))
-        if not isinstance(qid, int) or qid in seen:
+        if isinstance(qid, bool) or not isinstance(qid, int) or qid in seen:
             raise RoleSetError(f"{path}:{lineno}: field 'id' must be a unique integer (got {qid!r})")
         seen.add(qid)
         out.append(Question(qid, obj["question"]))

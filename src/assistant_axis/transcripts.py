@@ -15,7 +15,6 @@ others, so it is metadata, not structure.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .conversation import Message
-from .storage import write_json
+from .storage import InputError, read_json, write_json
 
 ROLES = ("system", "user", "assistant")
 EXPECTED = (
@@ -125,9 +124,9 @@ def load_transcript(path: str | os.PathLike[str], index: int | None = None) -> T
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such transcript file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TranscriptError(f"{path}: not valid JSON ({exc}); expected {EXPECTED}") from exc
+        data = read_json(path, f"expected {EXPECTED}, in UTF-8")
+    except InputError as exc:
+        raise TranscriptError(str(exc)) from exc
     return parse_transcript(data, str(path), index)
 
 

@@ -10,13 +10,24 @@ is the reply text (default ``"3"``); for batches ``BATCH_RESULT=errored|expired`
 request fail. Failures of the synchronous endpoints are scripted with ``server.plan``, consumed one
 entry per request: ``"429"`` (with ``retry-after``), ``"529"``, ``"500"``, ``"timeout"`` (answers
 after ``timeout_delay`` seconds, beyond the client's timeout), ``"malformed"`` (200 with a body
-that is not JSON).
+that is not JSON), and for the fault tests: ``"429-bare"`` (no ``retry-after``), ``"408"``,
+``"502"``, ``"503"``, ``"400"``, ``"401"``, ``"402"``, ``"403"``, ``"404"`` (in the API's error
+envelope), ``"reset"`` (the connection is closed with a TCP reset and no response),
+``"truncated"`` (headers promise more body than is sent before the connection closes) and
+``"nonjson"`` (200 with an HTML body). ``reply_delay`` holds every served reply that long, and
+``max_in_flight`` records the most requests the server was handling at once. ``rate_limit_per_s``
+serves at most that many requests in any one-second window and answers the rest 429 with the
+``retry-after`` that frees a slot, as a rate-limited API does. ``request_delay`` makes every POST
+wait that long *before* it is handled (the kill tests: a slow API a job can die in front of); a
+client that hangs up meanwhile is neither handled nor billed and is counted in ``abandoned``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -44,21 +55,55 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr access log
         pass
 
+    def _client_left(self) -> bool:
+        """True when the client closed its connection (EOF or reset) while its request waited."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def _dispatch(self, method: str) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
-        status, headers, payload, delay = self.server.app.handle(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        if delay:
-            time.sleep(delay)
+        app = self.server.app
+        if method == "POST" and app.request_delay:
+            time.sleep(app.request_delay)
+            if self._client_left():
+                with app.lock:
+                    app.abandoned += 1
+                self.close_connection = True
+                return
+        with app.lock:
+            app.in_flight += 1
+            app.max_in_flight = max(app.max_in_flight, app.in_flight)
+        try:
+            status, headers, payload, delay = app.handle(method, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            if delay:
+                time.sleep(delay)
+        finally:  # before the reply goes out: a client thread can only send its next request after it
+            with app.lock:
+                app.in_flight -= 1
+        self._respond(status, headers, payload)
+
+    def _respond(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+        if status == _RESET:  # SO_LINGER 0: close() sends a TCP RST instead of a response
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        truncate = headers.pop(_TRUNCATE, None) is not None
         try:
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
-            self.send_header("content-length", str(len(payload)))
+            self.send_header("content-length", str(len(payload) * (2 if truncate else 1)))
             self.end_headers()
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
             pass
+        if truncate:
+            self.close_connection = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         self._dispatch("GET")
@@ -73,6 +118,22 @@ class _Server(ThreadingHTTPServer):
 
 
 Response = tuple[int, dict[str, str], bytes, float]
+_RESET = 0  # pseudo status: drop the connection without answering
+_TRUNCATE = "x-fake-truncate"  # pseudo header: send half the announced body, then close
+_STATUS_KINDS = {
+    "408": (408, "timeout_error"),
+    "429": (429, "rate_limit_error"),
+    "429-bare": (429, "rate_limit_error"),
+    "500": (500, "api_error"),
+    "502": (502, "api_error"),
+    "503": (503, "api_error"),
+    "529": (529, "overloaded_error"),
+    "400": (400, "invalid_request_error"),
+    "401": (401, "authentication_error"),
+    "402": (402, "billing_error"),
+    "403": (403, "permission_error"),
+    "404": (404, "not_found_error"),
+}
 
 
 def _json(status: int, obj: Any, **headers: str) -> Response:
@@ -82,10 +143,25 @@ def _json(status: int, obj: Any, **headers: str) -> Response:
 class FakeAPI:
     """Common plumbing: the HTTP server thread, the failure plan, request and billing counters."""
 
-    def __init__(self, plan: Iterable[str] = (), retry_after: str = "0.2", timeout_delay: float = 2.0):
+    def __init__(
+        self,
+        plan: Iterable[str] = (),
+        retry_after: str = "0.2",
+        timeout_delay: float = 2.0,
+        reply_delay: float = 0.0,
+        rate_limit_per_s: int | None = None,
+        request_delay: float = 0.0,
+    ):
         self.plan: deque[str] = deque(plan)
         self.retry_after = retry_after
         self.timeout_delay = timeout_delay
+        self.reply_delay = reply_delay
+        self.rate_limit_per_s = rate_limit_per_s
+        self.request_delay = request_delay
+        self.abandoned = 0  # POSTs whose client hung up during request_delay: not handled, not billed
+        self._served: deque[float] = deque()  # start times of requests served in the last second
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # "METHOD route" -> count, every request received
         self.failures: Counter[str] = Counter()  # plan entries served
@@ -111,6 +187,14 @@ class FakeAPI:
     def next_failure(self) -> str | None:
         with self.lock:
             step = self.plan.popleft() if self.plan else None
+            if not step and self.rate_limit_per_s:
+                now = time.monotonic()
+                while self._served and now - self._served[0] >= 1.0:
+                    self._served.popleft()
+                if len(self._served) >= self.rate_limit_per_s:
+                    step = "rate-limited"
+                else:
+                    self._served.append(now)
             if step:
                 self.failures[step] += 1
             return step
@@ -122,7 +206,17 @@ class FakeAPI:
         """The response for a scripted failure, in this API's error envelope."""
         if step == "malformed":
             return 200, {"content-type": "application/json"}, b'{"id": "msg_broken", "content": [', 0.0
-        status, kind = {"429": (429, "rate_limit_error"), "529": (529, "overloaded_error"), "500": (500, "api_error")}[step]
+        if step == "nonjson":
+            return 200, {"content-type": "text/html"}, b"<html><body>502 Bad Gateway</body></html>", 0.0
+        if step == "reset":
+            return _RESET, {}, b"", 0.0
+        if step == "truncated":
+            return 200, {"content-type": "application/json", _TRUNCATE: "1"}, b'{"id": "cut", "type": "message", "con', 0.0
+        if step == "rate-limited":
+            with self.lock:
+                wait = max(0.0, 1.0 - (time.monotonic() - self._served[0])) if self._served else 0.0
+            return _json(429, self.error_body("rate_limit_error", "rate limited"), **{"retry-after": f"{wait:.3f}"})
+        status, kind = _STATUS_KINDS[step]
         extra = {"retry-after": self.retry_after} if step == "429" else {}
         return _json(status, self.error_body(kind, f"scripted {step}"), **extra)
 
@@ -188,7 +282,8 @@ class FakeAnthropic(FakeAPI):
             return self._failure_response(step)
         with self.lock:
             self.billed.append(prompt)
-        return _json(200, self._message(req["model"], prompt, scripted_reply(prompt)))
+        status, headers, payload, _ = _json(200, self._message(req["model"], prompt, scripted_reply(prompt)))
+        return status, headers, payload, self.reply_delay
 
     def _batch_json(self, batch_id: str) -> dict[str, Any]:
         b = self.batches[batch_id]
@@ -290,4 +385,5 @@ class FakeOpenAI(FakeAPI):
             return self._failure_response(step)
         with self.lock:
             self.billed.append(prompt)
-        return _json(200, completion)
+        status, headers_out, payload, _ = _json(200, completion)
+        return status, headers_out, payload, self.reply_delay

@@ -4,7 +4,7 @@ DRIFT = CFG["drift"]
 
 
 rule drift:
-    """Simulated multi-turn conversations per domain; every assistant turn projected on the run's axis."""
+    """Simulated multi-turn conversations per domain; every assistant turn projected on the run's axis (finished turns cached)."""
     input:
         model=L.model_json,
         axis=L.axis,
@@ -30,6 +30,7 @@ rule drift:
         seed=DRIFT["seed"],
         batch_size=CFG["batch_size"],
         title=lambda w: w.run,
+        cache_dir=lambda w: RunLayout(w.run).cache("drift"),
     threads: CFG["threads"]
     resources:
         mem_mb=resources_of("drift", "mem_mb"),

@@ -31,4 +31,5 @@ if __name__ == "__main__":
         transcripts_out=sm.output.transcripts,
         plot_out=sm.output.plot,
         title=p.title,
+        cache_dir=p.cache_dir,
     )

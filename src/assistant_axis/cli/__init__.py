@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        print(f"assistant-axis {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        # one line, no traceback: every reader names the file, the field and the fix (storage.InputError)
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"assistant-axis {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

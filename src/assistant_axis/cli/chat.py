@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ..monitor import project_conversation
     from ..steering import build_capping_steerer
     from ..transcripts import save_transcript
-    from .common import resolve_axis
+    from .common import check_axis_fits, check_capping_fits, resolve_axis
 
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
@@ -125,15 +125,20 @@ def run(args: argparse.Namespace) -> int:
     source = resolve_axis(args.axis, args.run, args.results_dir)
     spec = args.model or source.model or DEFAULT_MODEL
     layer = args.layer if args.layer is not None else source.target_layer
+    facts = describe_model(spec)
     if layer is None:
-        layer = describe_model(spec).target_layer
+        layer = facts.target_layer
+    check_axis_fits(source, spec, layer, facts)
+    preloaded = CappingConfig.load(args.capping_config) if args.capping_config else None
+    if preloaded is not None:
+        check_capping_fits(preloaded, args.capping_config, spec, facts)
     print(f"loading {spec} ...", flush=True)
     model, tokenizer = load_model(spec, dtype=args.dtype, device=args.device)
     axis = source.axis.to(torch.float32)
     steerer = None
     steering_config: dict[str, Any] | None = None
     if args.capping_config:
-        config = CappingConfig.load(args.capping_config)  # the file's first-token policy applies
+        config = preloaded  # checked above, before loading the model; the file's first-token policy applies
         exp_id = args.experiment or config.recommended or config.experiments[0].id
         steerer = build_capping_steerer(model, config, exp_id)
         layers = config.get(exp_id).layers

@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be at least 1")
     exp = resolve_experiment(args.capping_config, args.cap)
+    if exp is not None:
+        from .common import check_capping_fits
+
+        check_capping_fits(CappingConfig([exp]), args.capping_config, args.model)  # before loading any weights
     conv = build_conversation(args.system, args.prompt)
     settings = SamplingSettings(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     generate = _generate_vllm if args.backend == "vllm" else _generate_hf

@@ -16,9 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..pipeline.config import merge_config
+from ..pipeline.config import merge_config, read_config_file
 from ..pipeline.plan import format_plan, plan_as_dict, prepare
 
 # The workflow folder (Snakefile, config/, resources/) of a source checkout: src/assistant_axis/cli/ -> repo root.
@@ -44,13 +42,7 @@ def load_configs(files: list[str]) -> dict[str, Any]:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level must be a mapping of config keys")
-        config = merge_config(config, data)
+        config = merge_config(config, read_config_file(path))  # strict: UTF-8, YAML, mapping, no repeated key
     return config
 
 

@@ -63,14 +63,19 @@ def run(args: argparse.Namespace) -> int:
     from ..plots import trajectory_plot
     from ..steering import build_capping_steerer
     from ..transcripts import load_transcript
-    from .common import resolve_axis
+    from .common import check_axis_fits, check_capping_fits, resolve_axis
 
     transcript = load_transcript(args.conversation, args.index)
     source = resolve_axis(args.axis, args.run, args.results_dir)
     spec = args.model or source.model or DEFAULT_MODEL
     layer = args.layer if args.layer is not None else source.target_layer
+    facts = describe_model(spec)
     if layer is None:
-        layer = describe_model(spec).target_layer
+        layer = facts.target_layer
+    check_axis_fits(source, spec, layer, facts)
+    preloaded = CappingConfig.load(args.capping_config) if args.capping_config else None
+    if preloaded is not None:
+        check_capping_fits(preloaded, args.capping_config, spec, facts)
     if transcript.model and transcript.model != spec:
         log.info("%s was written by %s; measuring it with %s", args.conversation, transcript.model, spec)
     model, tokenizer = load_model(spec, dtype=args.dtype, device=args.device)
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     steerer = None
     floor = None
     if args.capping_config:
-        config = CappingConfig.load(args.capping_config)  # the file's first-token policy applies
+        config = preloaded  # checked above, before loading the model; the file's first-token policy applies
         exp_id = args.experiment or config.recommended or config.experiments[0].id
         steerer = build_capping_steerer(model, config, exp_id)
         capping = {"config": args.capping_config, "experiment_id": exp_id, "layers": config.get(exp_id).layers}

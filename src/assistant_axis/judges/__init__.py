@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .api import JudgeAPIError
 from .base import (
     ROLE_SCALE,
     SCALES,
@@ -105,6 +106,7 @@ __all__ = [
     "BudgetExceededError",
     "CostEstimate",
     "Judge",
+    "JudgeAPIError",
     "JudgeError",
     "JudgeItem",
     "JudgeReport",

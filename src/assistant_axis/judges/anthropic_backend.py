@@ -1,6 +1,7 @@
 """``anthropic`` backend: Claude through the official SDK, one message per prompt or Message Batches.
 
-Synchronous mode sends ``messages.create`` calls on a bounded thread pool (see :mod:`.api`).
+Synchronous mode sends ``messages.create`` calls on a bounded thread pool (see :mod:`.api`);
+every call, batch endpoints included, goes through the shared retry policy of :mod:`.api`.
 Batch mode (``use_batches: true``, half price, results within 24 h) submits the uncached prompts
 as Message Batches (up to ``batch_max_requests`` each) with ``custom_id`` = the prompt's sha256
 (64 hex characters, the API's maximum length), and records each batch id and its custom ids in a
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage import write_json
-from .api import APIJudge, MalformedReplyError, Reply, api_key_from_env, reply_from_json
+from .api import APIJudge, Reply, api_key_from_env, reply_from_json
 from .base import CostEstimate
 from .cache import VerdictCache
 
@@ -71,19 +72,24 @@ class AnthropicJudge(APIJudge):
         return anthropic.Anthropic(
             api_key=api_key_from_env(self.key_env),
             base_url=self.base_url,
-            max_retries=self.max_retries,
+            max_retries=0,  # one retry policy for every backend: APIJudge._with_retries
             timeout=self.timeout_s,
         )
 
-    def _fatal_errors(self) -> tuple[type[BaseException], ...]:
+    def _transient_errors(self) -> tuple[type[BaseException], ...]:
         import anthropic
 
-        return (
-            anthropic.AuthenticationError,
-            anthropic.PermissionDeniedError,
-            anthropic.NotFoundError,
-            anthropic.PaymentRequiredError,
-        )
+        return (anthropic.APIConnectionError,)  # includes APITimeoutError
+
+    def _status_errors(self) -> tuple[type[BaseException], ...]:
+        import anthropic
+
+        return (anthropic.APIStatusError,)
+
+    def _sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import anthropic
+
+        return (anthropic.APIError,)
 
     def _params(self, prompt: str) -> dict[str, Any]:
         # No temperature: Claude 5.x models reject non-default sampling parameters with a 400.
@@ -98,11 +104,6 @@ class AnthropicJudge(APIJudge):
             params["thinking"] = {"type": "disabled"}
         return params
 
-    def _item_errors(self) -> tuple[type[BaseException], ...]:
-        import anthropic
-
-        return (anthropic.APIError, MalformedReplyError)
-
     def _complete(self, client: Any, prompt: str) -> Reply:
         raw = client.messages.with_raw_response.create(**self._params(prompt))
         return reply_from_json(raw.http_response.text, _message_reply)
@@ -116,9 +117,8 @@ class AnthropicJudge(APIJudge):
         hashes = list(todo)
         for i in range(0, len(hashes), self.batch_max_requests):
             chunk = hashes[i : i + self.batch_max_requests]
-            batch = self.client.messages.batches.create(
-                requests=[{"custom_id": h, "params": self._params(todo[h])} for h in chunk]
-            )
+            requests = [{"custom_id": h, "params": self._params(todo[h])} for h in chunk]
+            batch = self._with_retries(lambda r=requests: self.client.messages.batches.create(requests=r), "batch create")
             self._save_state([*self._load_state(), {"id": batch.id, "model": self.model, "custom_ids": chunk}])
             log.info("judge anthropic: submitted batch %s with %d requests", batch.id, len(chunk))
         return self._collect_batches()
@@ -149,7 +149,7 @@ class AnthropicJudge(APIJudge):
 
     def _wait(self, batch_id: str) -> None:
         while True:
-            batch = self.client.messages.batches.retrieve(batch_id)
+            batch = self._with_retries(lambda: self.client.messages.batches.retrieve(batch_id), "batch poll")
             if batch.processing_status == "ended":
                 return
             counts = batch.request_counts
@@ -162,7 +162,9 @@ class AnthropicJudge(APIJudge):
     def _collect_batch(self, batch_id: str, custom_ids: set[str]) -> dict[str, tuple[int | None, str]]:
         results: dict[str, tuple[int | None, str]] = {}
         rows: list[tuple[str, int | None, str]] = []
-        for line in self.client.messages.batches.results(batch_id):
+        # the results are read to the end inside the retry, so a connection lost midway re-reads them all
+        lines = self._with_retries(lambda: list(self.client.messages.batches.results(batch_id)), "batch results")
+        for line in lines:
             h = line.custom_id
             if h not in custom_ids:
                 log.warning("judge anthropic: batch %s returned an unknown custom_id, ignored", batch_id)

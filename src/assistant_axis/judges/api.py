@@ -1,10 +1,14 @@
-"""What the paid HTTP backends share: keys from env, prices, rate limits, a bounded thread pool.
+"""What the paid HTTP backends share: keys from env, prices, one retry policy, rate limits, a bounded pool.
 
-Retries are left to the official SDKs, which already retry 408/409/429/5xx (Anthropic's 529
-included), connection errors and timeouts with exponential backoff and honour ``retry-after`` /
-``retry-after-ms``; this module only makes that policy explicit (``max_retries``, ``timeout_s``)
-and adds what the SDKs lack: a requests-per-minute limit, a concurrency bound, retries of
-replies whose body is not the expected JSON, and writing each verdict to the cache on arrival.
+The SDK clients are built with ``max_retries=0`` so there is exactly one retry policy, this
+module's :class:`RetryPolicy`, for both backends and every call (messages, chat completions and
+the batch endpoints). Retried: HTTP 408, 409, 429 and every 5xx (Anthropic's 529 included),
+connection errors and resets, timeouts, truncated bodies and 200 replies whose body is not the
+expected JSON; the wait is the server's ``retry-after-ms`` / ``retry-after`` when sent, else
+exponential backoff from ``retry_backoff_s``. Any other status (400, 401, 402, 403, 404, ...) would
+fail every item alike, so it stops the run at once with a one-line :class:`JudgeAPIError` naming
+the status, the backend and the fix. A 200 reply whose text holds no score is not a fault: it is
+cached as missing, so a rerun does not pay for it again.
 """
 
 from __future__ import annotations
@@ -13,15 +17,16 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from .base import CostEstimate, Judge, MissingAPIKeyError, estimate_tokens
+from .base import CostEstimate, Judge, JudgeError, JudgeItem, MissingAPIKeyError, Verdict, estimate_tokens
 from .cache import VerdictCache
 
 log = logging.getLogger("assistant_axis.judges")
@@ -69,6 +74,83 @@ class MalformedReplyError(Exception):
     """HTTP 200 whose body is not the expected JSON; retried like a transient server error."""
 
 
+class JudgeAPIError(JudgeError):
+    """A status that retrying cannot fix (bad request, key, credit, access or model): the run stops.
+
+    ``status`` is the HTTP status and ``backend`` the judge backend; the message is one line that
+    ends with what to change, and never holds the API key.
+    """
+
+    def __init__(self, message: str, status: int, backend: str):
+        super().__init__(message)
+        self.status = status
+        self.backend = backend
+
+
+# Statuses worth another attempt; every other 4xx is the caller's mistake and is raised at once.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+MAX_RETRY_AFTER_S = 60.0  # a longer retry-after is capped: the run waits at most a minute per retry
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times and how long to wait before asking again, shared by every API backend.
+
+    ``max_retries`` retries follow the first attempt. The wait before retry ``n`` (1-based) is the
+    server's ``retry-after-ms`` / ``retry-after`` if it sent one (capped at a minute), else
+    ``backoff_s * 2**(n-1)`` capped at ``backoff_max_s``, times a jitter in [0.5, 1] so that many
+    threads hit by the same 429 do not all come back at the same instant.
+    """
+
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    backoff_max_s: float = 8.0
+
+    def delay(self, retry: int, exc: BaseException | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` after the error ``exc``."""
+        hinted = retry_after_s(exc)
+        if hinted is not None:
+            return hinted
+        return min(self.backoff_s * 2 ** (retry - 1), self.backoff_max_s) * random.uniform(0.5, 1.0)
+
+
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """The wait the server asked for in ``retry-after-ms`` or ``retry-after`` (seconds), else None."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:  # an HTTP date: rare for these APIs, use the backoff instead
+            continue
+        if seconds >= 0:
+            return min(seconds, MAX_RETRY_AFTER_S)
+    return None
+
+
+def _fix_for(status: int, key_env: str, model: str) -> str:
+    """What the user should change for a non-retryable status."""
+    if status == 401:
+        return f"set {key_env} to a valid API key"
+    if status == 402:
+        return "add credit or a payment method to the API account"
+    if status == 403:
+        return f"use a key in {key_env} that has access to model {model!r}, or choose another judge.model"
+    if status == 404:
+        return f"check judge.model ({model!r}) and judge.base_url"
+    return "fix the request the message above rejects (judge.model, max_tokens, disable_thinking in the judge config)"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class Reply:
     """The text of one completion and the token usage the API reported for it."""
@@ -105,6 +187,10 @@ def is_local_url(url: str | None) -> bool:
         return False
 
 
+class RunStoppedError(Exception):
+    """Raised in worker threads once another thread hit a fatal status, so they start nothing new."""
+
+
 class RateLimiter:
     """Spaces request starts at least ``60 / requests_per_minute`` seconds apart, across threads."""
 
@@ -136,7 +222,9 @@ class APIJudge(Judge):
         self.max_tokens = int(cfg.get("max_tokens", DEFAULT_MAX_TOKENS))
         self.max_concurrency = int(cfg.get("max_concurrency", 4))
         self.max_retries = int(cfg.get("max_retries", 4))
+        self.retry = RetryPolicy(self.max_retries, float(cfg.get("retry_backoff_s", 0.5)))
         self.timeout_s = float(cfg.get("timeout_s", 60.0))
+        self._stop = threading.Event()  # set when a fatal error ends the run: no new attempts start
         self.limiter = RateLimiter(cfg.get("requests_per_minute"))
         self.price = price_usd_per_mtok(model, cfg)
         self._client_obj: Any = None
@@ -150,15 +238,24 @@ class APIJudge(Judge):
         """Send one prompt; raise :class:`MalformedReplyError` if the body is not a usable reply."""
         raise NotImplementedError
 
-    def _fatal_errors(self) -> tuple[type[BaseException], ...]:
-        """SDK errors that will fail every request alike (bad key, no such model): abort the run."""
+    def _transient_errors(self) -> tuple[type[BaseException], ...]:
+        """SDK errors raised without an HTTP status: connection refused or reset, timeout, truncated body."""
         raise NotImplementedError
 
-    def _item_errors(self) -> tuple[type[BaseException], ...]:
-        """Errors that fail one item only (SDK gave up after retries, malformed body); others propagate."""
+    def _status_errors(self) -> tuple[type[BaseException], ...]:
+        """SDK errors that carry an HTTP status (``status_code``) and the response."""
+        raise NotImplementedError
+
+    def _sdk_errors(self) -> tuple[type[BaseException], ...]:
+        """The SDK's base error: anything else it raises fails that one item (not retried, not cached)."""
         raise NotImplementedError
 
     # -- shared machinery ----------------------------------------------------------------------
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        """As :meth:`Judge.judge`; a fatal error of an earlier call no longer blocks this one."""
+        self._stop.clear()  # before _resume, which may already call the API
+        return super().judge(items)
 
     @property
     def client(self) -> Any:
@@ -172,22 +269,66 @@ class APIJudge(Judge):
         return estimate_cost(len(todo), tokens_in, len(todo) * self.max_tokens, self.price, batch)
 
     def _ask(self, prompt: str) -> Reply:
-        """One prompt, with the SDK's retries plus up to ``max_retries`` retries of malformed bodies."""
+        """One prompt under the retry policy; each attempt waits its turn at the rate limiter."""
+
+        def attempt() -> Reply:
+            self.limiter.acquire()
+            return self._complete(self.client, prompt)
+
+        return self._with_retries(attempt, "request")
+
+    def _with_retries(self, call: Callable[[], Any], what: str) -> Any:
+        """``call()`` with :attr:`retry`: transient faults are retried, a fatal status raises :class:`JudgeAPIError`.
+
+        After the last retry the last error propagates (the item is then counted failed, not cached).
+        """
         retries = 0
         while True:
-            self.limiter.acquire()
+            if self._stop.is_set():
+                raise RunStoppedError("judge run stopped by an earlier fatal error")
             try:
-                return self._complete(self.client, prompt)
-            except MalformedReplyError:
-                retries += 1
-                if retries > self.max_retries:
-                    raise
-                log.warning("judge %s: malformed reply body, retrying (%d/%d)", self.backend, retries, self.max_retries)
+                return call()
+            except MalformedReplyError as exc:
+                reason: str = str(exc)
+                last: BaseException = exc
+            except self._transient_errors() as exc:
+                reason, last = type(exc).__name__, exc
+            except self._status_errors() as exc:
+                status = int(getattr(exc, "status_code", 0))
+                if status not in RETRYABLE_STATUSES and status < 500:
+                    self._stop.set()
+                    raise self._fatal(exc, status) from None
+                reason, last = f"HTTP {status}", exc
+            retries += 1
+            if retries > self.retry.max_retries:
+                raise last
+            wait_s = self.retry.delay(retries, last)
+            log.warning(
+                "judge %s: %s failed (%s), retry %d/%d in %.2f s",
+                self.backend, what, reason, retries, self.retry.max_retries, wait_s,
+            )
+            if self._stop.wait(wait_s):
+                raise RunStoppedError("judge run stopped by an earlier fatal error")
+
+    def _fatal(self, exc: BaseException, status: int) -> JudgeAPIError:
+        """The one-line error for a non-retryable status; the server's message, never the key."""
+        body = getattr(exc, "body", None)
+        detail = ""
+        if isinstance(body, dict):
+            err = body.get("error", body)
+            detail = str(err.get("message", "")) if isinstance(err, dict) else str(err)
+        key = getattr(self._client_obj, "api_key", None)
+        if key and key != "EMPTY":
+            detail = detail.replace(key, "***")
+        detail = f" ({_one_line(detail)})" if detail else ""
+        msg = f"judge {self.backend}/{self.model}: HTTP {status}{detail}; not retried: {_fix_for(status, self.key_env, self.model)}"
+        return JudgeAPIError(msg, status, self.backend)
 
     def _run(self, todo: Mapping[str, str]) -> dict[str, tuple[int | None, str]]:
         """Ask every prompt on a bounded pool; cache each verdict as soon as its reply arrives."""
         self.client  # noqa: B018 - fail on a missing key before any thread starts
-        fatal, item_errors = self._fatal_errors(), self._item_errors()
+        fatal: tuple[type[BaseException], ...] = (JudgeAPIError,)
+        item_errors = (*self._transient_errors(), *self._status_errors(), *self._sdk_errors(), MalformedReplyError)
         results: dict[str, tuple[int | None, str]] = {}
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix=f"judge-{self.backend}")
         pending: dict[Future[Reply], str] = {}
@@ -224,7 +365,9 @@ class APIJudge(Judge):
             reply = fut.result()
         except fatal:
             raise
-        except item_errors as exc:  # the SDK gave up after its retries: leave uncached for a rerun
+        except RunStoppedError:  # another thread hit a fatal status; its error is raised instead
+            return
+        except item_errors as exc:  # retries exhausted: leave uncached for a rerun
             log.warning("judge %s: call failed after retries: %s", self.backend, _describe(exc))
             self._fail(type(exc).__name__)
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import APIJudge, MalformedReplyError, Reply, api_key_from_env, is_local_url, reply_from_json
+from .api import APIJudge, Reply, api_key_from_env, is_local_url, reply_from_json
 
 DEFAULT_MODEL = "gpt-4.1-mini"  # the reference project's judge
 
@@ -34,19 +34,24 @@ class OpenAIJudge(APIJudge):
         return openai.OpenAI(
             api_key=api_key_from_env(self.key_env, allow_empty=is_local_url(self.base_url)),
             base_url=self.base_url,
-            max_retries=self.max_retries,
+            max_retries=0,  # one retry policy for every backend: APIJudge._with_retries
             timeout=self.timeout_s,
         )
 
-    def _fatal_errors(self) -> tuple[type[BaseException], ...]:
+    def _transient_errors(self) -> tuple[type[BaseException], ...]:
         import openai
 
-        return (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+        return (openai.APIConnectionError,)  # includes APITimeoutError
 
-    def _item_errors(self) -> tuple[type[BaseException], ...]:
+    def _status_errors(self) -> tuple[type[BaseException], ...]:
         import openai
 
-        return (openai.APIError, MalformedReplyError)
+        return (openai.APIStatusError,)
+
+    def _sdk_errors(self) -> tuple[type[BaseException], ...]:
+        import openai
+
+        return (openai.APIError,)
 
     def _complete(self, client: Any, prompt: str) -> Reply:
         raw = client.chat.completions.with_raw_response.create(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,3 +150,20 @@ def agreement(labels: Sequence[int], scores: Sequence[int | None]) -> Agreement:
         kappa_quadratic=cohen_kappa(truth, pred, "quadratic"),
         confusion=confusion_matrix(truth, pred).tolist(),
     )
+
+
+def shortfalls(got: Agreement, stated: Mapping[str, float], tolerance: float = 0.01) -> list[str]:
+    """Why ``got`` falls short of ``stated`` (its ``accuracy`` and ``kappa``), empty when it does not.
+
+    Why kappa as well as accuracy: 222 of the 224 rubric labels are 3, so a judge that always
+    answers 3 is 99% accurate; only kappa (0 for any constant judge) tells it from a real one.
+    Any missing verdict is a shortfall too: a judge that skips the hard items must not look good.
+    """
+    problems = []
+    if got.missing:
+        problems.append(f"{got.missing} of {got.n} items missing")
+    for name in ("accuracy", "kappa"):
+        value = getattr(got, name)
+        if not value >= stated[name] - tolerance:  # nan fails too
+            problems.append(f"{name} {value:.4f} < stated {stated[name]:.4f} - {tolerance}")
+    return problems

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +24,18 @@ from ..storage import write_parquet
 log = logging.getLogger(__name__)
 
 SUFFIX = ".parquet"
+
+# TEST-ONLY: seconds to sleep after each finished unit is cached. The kill-and-resume tests set it
+# so they can SIGKILL a job at a known point (k units cached, the next not started); never set it
+# in a real run - it only slows the job down.
+TEST_UNIT_DELAY_ENV = "ASSISTANT_AXIS_TEST_UNIT_DELAY"
+
+
+def pause_after_unit_for_tests() -> None:
+    """Sleep ``$ASSISTANT_AXIS_TEST_UNIT_DELAY`` seconds when set (test-only; see above)."""
+    delay = os.environ.get(TEST_UNIT_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
 
 
 class UnitCache:
@@ -119,6 +132,7 @@ def resume(
             tables[unit] = table
         done += 1
         log.info("%s: %d/%d done (%s)", stage, done, len(todo), ", ".join(computed))
+        pause_after_unit_for_tests()
     missing = sorted(wanted - set(tables))
     if missing:
         raise RuntimeError(f"{stage}: group computation returned no result for {missing}")

@@ -233,3 +233,57 @@ def check_run(config: dict[str, Any], run: str, settings: dict[str, Any], facts:
             f"config key 'role_vectors.min_count': {config['role_vectors']['min_count']} is more than the {per_role} "
             "responses a role gets (prompts_per_role x questions_per_role): no role vector could be built"
         )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: config key '{key}' appears twice in one section; keep one")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """One YAML config file read strictly: UTF-8, valid YAML, a mapping at the top, no duplicated key.
+
+    Raises :class:`ConfigError` in one line naming the file, the line or key, and the fix. The
+    Snakefile calls it on every ``--configfile`` (Snakemake's own reader lets a repeated key win silently).
+    """
+    from ..storage import InputError, read_text
+
+    path = Path(path)
+    try:
+        text = read_text(path, "write the config as a YAML mapping of config keys (see config/config.yaml)")
+    except InputError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}: not valid YAML ({problem}); fix the syntax (indentation, quotes, colons)") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): is a {type(data).__name__}, not a mapping of config keys; see config/config.yaml")
+    return data
+
+
+def check_config_files(files: list[str] | tuple[str, ...]) -> str | None:
+    """The first problem of the config files (one line), or None: for the Snakefile, which exits on it."""
+    for name in files:
+        try:
+            read_config_file(name)
+        except ConfigError as exc:
+            return str(exc)
+    return None

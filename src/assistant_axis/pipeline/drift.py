@@ -6,6 +6,11 @@ therapy-like and AI-philosophy conversations drift down the axis while coding an
 All conversations of a turn are generated in one batch, first the users' messages, then the replies,
 so the cost grows with turns, not with the number of conversations.
 
+Every finished turn is cached (``results/<run>/cache/drift/turn_<n>.<fingerprint>.json``, written
+atomically, outside the stage's outputs, which Snakemake deletes when a job fails): a killed job
+resumes after its last finished turn. Each turn's sampling seed depends only on the turn number,
+so a resumed run produces the same conversations as an uninterrupted one.
+
 The user model is ``local`` (the run's model) or any other model spec loaded the same way; an API
 user (e.g. Anthropic, as in the paper) is not implemented yet.
 """
@@ -29,7 +34,8 @@ from ..monitor import project_conversations
 from ..plots import drift_plot
 from ..storage import write_json, write_text
 from ..transcripts import Transcript
-from .layout import derive_seed
+from .cache import pause_after_unit_for_tests
+from .layout import derive_seed, fingerprint
 from .model import read_model_json
 
 log = logging.getLogger(__name__)
@@ -107,17 +113,63 @@ def user_view(template: str, conv: SimConversation) -> list[Message]:
 Generate = Callable[[list[list[Message]], SamplingSettings], list[Generated]]
 
 
+class TurnCache:
+    """The conversations after each finished turn, one JSON file per turn named by a fingerprint.
+
+    The fingerprint covers everything that shapes the conversations (model, backend, dtype,
+    sampling, seeds, user model, batch size) but not the number of turns, so a longer run reuses
+    the turns a shorter one finished. An unreadable or mismatched entry is ignored, never trusted.
+    """
+
+    def __init__(self, folder: str | Path, fp: str) -> None:
+        self.folder = Path(folder)
+        self.fp = fp
+
+    def path(self, turn: int) -> Path:
+        return self.folder / f"turn_{turn}.{self.fp}.json"
+
+    def latest(self, turns: int, seeds: Sequence[Seed]) -> tuple[int, list[SimConversation]]:
+        """``(last finished turn, conversations after it)``; ``(0, fresh conversations)`` when none is usable."""
+        ids = [f"{s.domain}_{s.index}" for s in seeds]
+        for turn in range(turns, 0, -1):
+            path = self.path(turn)
+            if not path.exists():
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data["turn"] != turn or [c["id"] for c in data["conversations"]] != ids:
+                    raise ValueError("turn or conversation ids do not match")
+                convs = [SimConversation(seed, list(c["messages"])) for seed, c in zip(seeds, data["conversations"], strict=True)]
+                if any(len(c.messages) != 2 * turn for c in convs):
+                    raise ValueError("message count does not match the turn")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("drift: ignoring unreadable turn cache %s (%s)", path, exc)
+                continue
+            return turn, convs
+        return 0, [SimConversation(seed) for seed in seeds]
+
+    def put(self, turn: int, convs: Sequence[SimConversation]) -> None:
+        """Store the conversations after ``turn``; entries of other fingerprints are dropped."""
+        write_json(self.path(turn), {"turn": turn, "conversations": [{"id": c.id, "messages": c.messages} for c in convs]})
+        for old in self.folder.glob("turn_*.json"):
+            if not old.name.endswith(f".{self.fp}.json"):
+                old.unlink(missing_ok=True)
+
+
 def simulate(
     assistant: Generate, user: Generate, template: str, seeds: Sequence[Seed], turns: int,
-    assistant_settings: SamplingSettings, user_settings: SamplingSettings,
+    assistant_settings: SamplingSettings, user_settings: SamplingSettings, cache: TurnCache | None = None,
 ) -> list[SimConversation]:
     """Run every conversation for ``turns`` exchanges; the first user message is the seed's opening.
 
     ``assistant`` and ``user`` generate one reply per conversation (HF ``generate`` or a vLLM
     engine); every turn is one batch of all conversations, first the users', then the replies.
+    With a ``cache``, the run starts after the last cached turn and caches each turn it finishes.
     """
-    convs = [SimConversation(seed) for seed in seeds]
-    for turn in range(1, turns + 1):
+    done, convs = cache.latest(turns, seeds) if cache is not None else (0, [SimConversation(seed) for seed in seeds])
+    if done:
+        log.info("drift: turns 1-%d cached, resuming at turn %d of %d", done, done + 1, turns)
+    for turn in range(done + 1, turns + 1):
         if turn == 1:
             user_msgs = [c.seed.opening for c in convs]
         else:
@@ -132,6 +184,9 @@ def simulate(
         for conv, reply in zip(convs, replies, strict=True):
             conv.messages.append({"role": "assistant", "content": reply.text})
         log.info("drift: turn %d/%d done for %d conversations", turn, turns, len(convs))
+        if cache is not None:
+            cache.put(turn, convs)
+            pause_after_unit_for_tests()
     return convs
 
 
@@ -144,11 +199,13 @@ def drift_experiment(
     conversations_per_domain: int, turns: int, max_new_tokens: int, user_max_new_tokens: int, user_model: str,
     temperature: float, top_p: float, seed: int, batch_size: int, table_out: str, transcripts_out: str,
     plot_out: str, title: str = "", backend: str = "hf", vllm_options: dict[str, Any] | None = None,
+    cache_dir: str | None = None,
 ) -> pd.DataFrame:
     """Simulate, project every assistant turn on the axis, and write the table, transcripts and plot.
 
     ``backend``: ``hf``, or ``vllm`` (``auto`` where installed): one engine generates both sides and
     measures the projections; a simulated user on another model is then loaded with HF.
+    ``cache_dir``: where finished turns are cached (see :class:`TurnCache`); None = no cache.
     """
     if turns < 1 or conversations_per_domain < 1 or not domains:
         raise ValueError("drift needs at least one domain, one conversation per domain and one turn")
@@ -181,12 +238,16 @@ def drift_experiment(
 
         def user(convs: list[list[Message]], settings: SamplingSettings) -> list[Generated]:
             return generate_batch(user_lm, user_tok, convs, settings, batch_size)
+    assistant_settings = SamplingSettings(temperature, top_p, max_new_tokens, seed)
+    user_settings = SamplingSettings(temperature, top_p, user_max_new_tokens, seed)
+    cache = None
+    if cache_dir is not None:
+        cache = TurnCache(cache_dir, fingerprint({
+            "model": model, "backend": backend, "dtype": dtype, "template": template, "seeds": [vars(s) for s in seeds],
+            "assistant": vars(assistant_settings), "user": vars(user_settings), "user_model": user_model, "batch": batch_size,
+        }))
     try:
-        convs = simulate(
-            assistant, user, template, seeds, turns,
-            SamplingSettings(temperature, top_p, max_new_tokens, seed),
-            SamplingSettings(temperature, top_p, user_max_new_tokens, seed),
-        )
+        convs = simulate(assistant, user, template, seeds, turns, assistant_settings, user_settings, cache)
         projections = project_conversations(measure, tok, [c.messages for c in convs], ax, target_layer)
     finally:
         if engine is not None:

@@ -563,8 +563,10 @@ def prepare(
     missing local folder, or a hub id absent from the cache while offline, is one clear line and no
     network wait). Raises :class:`PlanError` with one line per problem.
     """
+    from ..datafiles import check_data_files
     from ..models import ModelNotFoundError, describe_model
     from ..roles import RoleSetError, check_role_set
+    from ..storage import InputError
     from ..traits import TraitSetError
     from .config import ConfigError, check_run, load_config, resolve_run
 
@@ -586,6 +588,7 @@ def prepare(
             if not Path(path).is_file():
                 section = "drift" if key == "seeds_file" else "capping_eval"
                 raise ConfigError(f"config key '{section}.{key}': file {path} not found; fix the path (null = the shipped file)")
+        check_data_files(files, config)
         trait_set = check_analyses(config, files["traits_dir"])
         runs: dict[str, tuple[dict[str, Any], Any]] = {}
         facts_of: dict[str, Any] = {}
@@ -599,7 +602,7 @@ def prepare(
             settings = resolve_run(config, run, facts_of[spec])
             check_run(config, run, settings, facts_of[spec])
             runs[run] = (settings, facts_of[spec])
-    except (ConfigError, RoleSetError, TraitSetError) as exc:
+    except (ConfigError, RoleSetError, TraitSetError, InputError) as exc:
         raise PlanError(named(str(exc))) from exc
     plan = plan_workflow(config, runs, role_set, files, assumptions, source=where, trait_set=trait_set)
     return Prepared(config, role_set, runs, plan)
