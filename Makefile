@@ -1,5 +1,9 @@
 # The two entry points of the README. Both set up .venv first (idempotent).
 CORES ?= all
+# Tests run in two pytest-xdist workers, a module per worker (--dist loadscope keeps a module's
+# fixtures in one process); the one finished pipeline run that the slow modules share is made once
+# for both workers (tests/conftest.py `shared_run`, under a file lock). Serial: make test PYTEST_WORKERS=
+PYTEST_WORKERS ?= -n 2 --dist loadscope
 SNAKEMAKE = .venv/bin/snakemake
 
 .PHONY: run test setup setup-dev report lint
@@ -10,7 +14,7 @@ run: setup
 
 test: setup-dev
 	.venv/bin/ruff check src tests workflow/scripts benchmarks
-	.venv/bin/python -m pytest -ra --durations=30
+	.venv/bin/python -m pytest -ra --durations=30 $(PYTEST_WORKERS)
 
 setup:
 	bash scripts/setup.sh

@@ -1,6 +1,6 @@
 """The analysis stages end to end on one tiny two-run config, each number recomputed independently.
 
-One Snakemake run (module fixture) of the tiny config plus a tiny random Llama 3 as a second model,
+The session's shared run (tests/conftest.py `shared_run`): the tiny config plus a tiny random Llama 3 as a second model,
 with trait vectors, interpretation, drift analysis, stability and the cross-model comparison on; every test reads its outputs and
 recomputes a number with plain numpy/torch (forward passes through ``output_hidden_states``, SVD
 for the PCA, closed-form ridge with leave-one-out for RidgeCV, the documented bootstrap draws).
@@ -17,9 +17,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from pipeline_helpers import snakemake, tiny_config, write_config
+from pipeline_helpers import CONF, N_BOOT, SEED, TRAITS, copy_run, snakemake, tiny_config, write_config
 from safetensors.torch import load_file
-from tiny_models import build_tiny_model
 
 from assistant_axis.axis import load_axis
 from assistant_axis.conversation import build_conversation, format_conversation
@@ -29,37 +28,13 @@ from assistant_axis.traits import load_traits
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TRAITS = ["mystical", "dramatic", "analytical", "cautious"]
 TARGET = 15
-N_BOOT = 200
-SEED = 0
-CONF = 0.95
-
-
-def analyses_config(other_model: Path) -> dict[str, Any]:
-    """The tiny config plus a second run (a tiny random Llama 3, no capping: cheap) and every analysis on."""
-    cfg = tiny_config(shards=1)
-    cfg["models"]["other"] = {"model": str(other_model), "backend": "hf", "dtype": "float32", "device": "cpu", "capping": {"enabled": False}}
-    # the offline heuristic finds few trait words in 16 tokens of a 135M model: keep every pos reply,
-    # filter the neg side (<= 50), so both thresholds are exercised
-    cfg["trait_vectors"] = {"enabled": True, "traits": TRAITS, "pairs_per_trait": 1, "questions_per_trait": 2, "max_new_tokens": 16,
-                            "positive_min": 0, "negative_max": 50}
-    cfg["drift"] = {"enabled": True, "domains": ["coding", "therapy"], "conversations_per_domain": 2, "turns": 2,
-                    "max_new_tokens": 8, "user_max_new_tokens": 8}
-    cfg["drift_analysis"] = {"enabled": True, "folds": 2}
-    cfg["stability"] = {"enabled": True, "n_bootstrap": 20}
-    cfg["uncertainty"] = {"n_bootstrap": N_BOOT, "confidence": CONF, "seed": SEED}
-    return cfg
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    other = build_tiny_model("llama3", tmp_path_factory.mktemp("tiny_llama3"))
-    workdir = tmp_path_factory.mktemp("analyses")
-    write_config(workdir, analyses_config(other))
-    proc = snakemake(workdir, timeout=2700, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    (workdir / "snakemake.stderr").write_text(proc.stderr)
-    return workdir
+def run(shared_run: Path) -> Path:
+    """The shared finished run (tests/conftest.py): read only; tests that rerun a stage copy it."""
+    return shared_run
 
 
 def _draws(n: int) -> np.ndarray:
@@ -114,9 +89,10 @@ def test_trait_vectors_are_the_mean_of_kept_pos_minus_kept_neg(run, fp32_model):
     assert (res / "trait_scores.png").stat().st_size > 10_000
 
 
-def test_trait_stage_resumes_from_its_cache(run):
-    proc = snakemake(run, "--forcerun", "trait_vectors", "--until", "trait_vectors")
-    log = (run / "results" / "tiny" / "logs" / "trait_vectors.log").read_text()
+def test_trait_stage_resumes_from_its_cache(run, tmp_path):
+    work = copy_run(run, tmp_path / "w")
+    proc = snakemake(work, "--forcerun", "trait_vectors", "--until", "trait_vectors")
+    log = (work / "results" / "tiny" / "logs" / "trait_vectors.log").read_text()
     assert "(generate): 4 units in 2 groups, 2 groups cached, 0 to do" in log
     assert "groups cached, 0 to do" in log.split("(extract)")[-1]
     assert "trait_vectors" in proc.stderr
@@ -358,7 +334,7 @@ def test_capping_metrics_carry_paired_bootstrap_intervals(run):
 def test_report_shows_every_analysis_plot_with_how_to_read_it(run):
     snakemake(run, "--report", "report.html")
     html = (run / "report.html").read_text(errors="replace")
-    for name in ("trait_scores.png", "axis_traits.png", "pc_traits.png", "pc1_ends.png", "stability.png", "drift_prediction.png",
+    for name in ("persona_space.png", "calibration.png", "role_counts.csv", "trait_scores.png", "axis_traits.png", "pc_traits.png", "pc1_ends.png", "stability.png", "drift_prediction.png",
                  "domain_drift.png", "compare_models.png", "layers.png", "pareto.png"):
         assert name in html, name
     for caption in ("trait_scores", "axis_traits", "pc_traits", "pc1_ends", "stability_plot", "drift_prediction_plot", "domain_drift",

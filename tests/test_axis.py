@@ -89,9 +89,9 @@ QUESTIONS = [
 
 
 @pytest.mark.slow
-def test_axis_ranks_held_out_default_above_role_play(bf16_model):
+def test_axis_ranks_held_out_default_above_role_play(fp32_model):
     """Train on four questions, project the responses to two held-out ones at the target layer."""
-    model, tok = bf16_model
+    model, tok = fp32_model
     settings = SamplingSettings(max_new_tokens=40, seed=0)
     convs, labels = [], []
     for role, prompts in {**ROLES, "default": DEFAULTS}.items():

@@ -1,35 +1,46 @@
-"""The Snakemake pipeline end to end on a tiny config: every stage, stale-only reruns, resume, errors."""
+"""The Snakemake pipeline end to end on a tiny config: every stage, stale-only reruns, resume, errors.
+
+Most tests read the session's shared finished run (tests/conftest.py); the stale-rerun cases are
+dry runs on a copy of it with one input changed."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
 from fakes.api_servers import FakeAnthropic
-from pipeline_helpers import REPO, TINY_ROLES, planned_jobs, snakemake, tiny_config, write_config
+from pipeline_helpers import (
+    REPO,
+    TINY_ROLES,
+    copy_run,
+    planned_jobs,
+    read_config,
+    snakemake,
+    tiny_config,
+    write_config,
+)
 from safetensors.torch import load_file
 
 from assistant_axis.axis import load_axis
 from assistant_axis.capping import CappingConfig
+from assistant_axis.pipeline.layout import shard_roles
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def done_run(tmp_path_factory) -> Path:
-    """One complete run of the tiny config, shared by the tests that only look at it."""
-    workdir = tmp_path_factory.mktemp("run")
-    write_config(workdir, tiny_config())
-    snakemake(workdir)
-    return workdir
+def done_run(shared_run: Path) -> Path:
+    """The session's shared finished run (tests/conftest.py): read only; tests that edit inputs copy it."""
+    return shared_run
 
 
 def test_every_stage_produces_its_outputs(done_run):
@@ -114,64 +125,113 @@ def test_dry_run_after_complete_run_has_nothing_to_do(done_run):
     print(f"dry run on the completed tiny run: {took:.1f} s")
 
 
-def test_report_has_plots_and_tables(done_run):
-    snakemake(done_run, "--report", "report.html")
-    html = (done_run / "report.html").read_text(errors="replace")
-    for name in ("persona_space.png", "calibration.png", "role_counts.csv"):
-        assert name in html
-
-
 def _models(jobs: list[tuple[str, str]]) -> set[str]:
     """Model runs named by the jobs' wildcards (jobs without a model wildcard, like `all`, are skipped)."""
     return {m.group(1) for _, wc in jobs for m in [re.search(r"run=([^,]+)", wc)] if m}
 
 
-def _copy_run(src: Path, dest: Path) -> Path:
-    shutil.copytree(src, dest, symlinks=True)
-    return dest
+def _shard_of(role: str) -> str:
+    """The generation shard that holds ``role`` in the shared run (two shards, round robin)."""
+    return next(f"{i:03d}" for i, roles in enumerate(shard_roles(TINY_ROLES, 2)) if role in roles)
+
+
+def _shards(jobs: list[tuple[str, str]], rule: str) -> set[tuple[str, str]]:
+    """(run, shard) of the planned jobs of a per-shard rule."""
+    found = set()
+    for r, wc in jobs:
+        if r == rule:
+            m = re.search(r"run=([^,]+), shard=(\d+)", wc)
+            assert m, wc
+            found.add((m.group(1), m.group(2)))
+    return found
 
 
 def test_adding_a_model_runs_only_that_model(done_run, tmp_path):
-    work = _copy_run(done_run, tmp_path / "w")
-    cfg = tiny_config()
-    cfg["models"]["other"] = dict(cfg["models"]["tiny"])
+    work = copy_run(done_run, tmp_path / "w")
+    cfg = read_config(work)
+    cfg["models"]["third"] = dict(cfg["models"]["tiny"])
     write_config(work, cfg)
     jobs = planned_jobs(work)
-    assert _models(jobs) == {"other"}
+    assert _models(jobs) == {"third"}
     assert {r for r, _ in jobs} >= {"generate", "extract", "judge", "axis"}
 
 
-def test_generation_change_for_one_model_leaves_the_other_alone(done_run, tmp_path):
-    work = _copy_run(done_run, tmp_path / "w")
-    cfg = tiny_config()
-    cfg["models"]["other"] = dict(cfg["models"]["tiny"])
-    write_config(work, cfg)
-    snakemake(work, "--until", "generate")
+def test_max_new_tokens_change_for_one_model_reruns_its_stages_only(done_run, tmp_path):
+    work = copy_run(done_run, tmp_path / "w")
+    cfg = read_config(work)
     cfg["models"]["other"]["generation"] = {"max_new_tokens": 6}
     write_config(work, cfg)
     jobs = planned_jobs(work)
-    assert len([r for r, _ in jobs if r == "generate"]) == 2  # both shards of 'other'
+    assert _shards(jobs, "generate") == {("other", "000"), ("other", "001")}
+    assert _shards(jobs, "extract") == _shards(jobs, "judge") == {("other", "000"), ("other", "001")}
+    assert {r for r, _ in jobs} >= {"role_vectors", "axis", "persona_space", "drift", "compare_models"}
+    assert "trait_vectors" not in {r for r, _ in jobs}  # its replies have their own max_new_tokens
     assert _models(jobs) == {"other"}
 
 
-def test_changing_the_judge_reruns_scoring_and_what_follows_only(done_run, tmp_path, monkeypatch):
-    work = _copy_run(done_run, tmp_path / "w")
+def test_editing_one_role_file_regenerates_only_that_role(done_run, tmp_path):
+    """Only the shard holding the role is generated, extracted and judged again, for each model.
+
+    Within the shard the generation cache then redoes only the role group (batch) holding the role:
+    a group's texts share one random stream (assistant_axis.pipeline.cache.group_units); here each
+    tiny shard is one group.
+    """
+    work = copy_run(done_run, tmp_path / "w")
+    role_path = work / "roles" / "instructions" / "ghost.json"
+    role = json.loads(role_path.read_text())
+    role["instruction"][0]["pos"] = "You are a ghost who haunts a lighthouse and speaks in whispers."
+    role_path.write_text(json.dumps(role))
+    jobs = planned_jobs(work)
+    shard = _shard_of("ghost")
+    both = {("tiny", shard), ("other", shard)}
+    assert _shards(jobs, "generate") == _shards(jobs, "extract") == _shards(jobs, "judge") == both
+    assert "model" not in {r for r, _ in jobs}
+
+
+def test_editing_the_questions_file_regenerates_every_role(done_run, tmp_path):
+    work = copy_run(done_run, tmp_path / "w")
+    questions = (work / "questions.jsonl").read_text().splitlines()
+    first = json.loads(questions[0])
+    questions[0] = json.dumps({**first, "question": first["question"] + " Answer briefly."})
+    (work / "questions.jsonl").write_text("\n".join(questions) + "\n")
+    jobs = planned_jobs(work)
+    every = {(run, shard) for run in ("tiny", "other") for shard in ("000", "001")}
+    assert _shards(jobs, "generate") == _shards(jobs, "judge") == every
+
+
+def test_touching_inputs_without_changing_them_reruns_nothing(done_run, tmp_path):
+    """Snakemake 9 reruns a job whose input is newer than its output unless the input's checksum
+    (recorded for inputs under 1 MB) is unchanged: role files and questions are compared by content."""
+    work = copy_run(done_run, tmp_path / "w")
+    later = time.time() + 60
+    for path in [*(work / "roles" / "instructions").glob("*.json"), work / "questions.jsonl", work / "config" / "config.yaml"]:
+        os.utime(path, (later, later))
+    proc = snakemake(work, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+
+
+def test_changing_the_judge_rescores_without_regenerating(done_run, tmp_path):
+    work = copy_run(done_run, tmp_path / "w")
     with FakeAnthropic() as fake:
-        cfg = tiny_config(judge={"backend": "anthropic", "model": "claude-haiku-5-5", "base_url": fake.url, "budget_usd": 1.0})
+        cfg = read_config(work)
+        cfg["judge"] = {"backend": "anthropic", "model": "claude-haiku-5-5", "base_url": fake.url, "budget_usd": 1.0}
         write_config(work, cfg)
         env = {"ANTHROPIC_API_KEY": "fake-anthropic-key-not-real"}
         jobs = planned_jobs(work, env=env)
         rules = {r for r, _ in jobs}
-        assert len([r for r, _ in jobs if r == "judge"]) == 2
+        every = {(run, shard) for run in ("tiny", "other") for shard in ("000", "001")}
+        assert _shards(jobs, "judge") == every
         assert "axis" in rules
         assert not rules & {"generate", "extract", "model"}
-        snakemake(work, env=env)
+        # score for real (the judge jobs only: what follows is plain arithmetic on the scores)
+        snakemake(work, "--until", "judge", env=env)
         calls = fake.requests["POST /v1/messages"]
-        assert calls == 10  # one per role-play response, none for default ones
+        role_play = sum(int((pd.read_parquet(p)["role"] != "default").sum()) for p in work.glob("results/*/generate/shard_*.parquet"))
+        assert calls == role_play == 20  # one per role-play response, none for default ones
         # a forced rerun of scoring is served from the cache: no new paid call
-        snakemake(work, "--forcerun", "judge", env=env)
+        snakemake(work, "--forcerun", "judge", "--until", "judge", env=env)
         assert fake.requests["POST /v1/messages"] == calls
-    for log in (work / "results" / "tiny" / "logs").glob("*.log"):
+    for log in work.glob("results/*/logs/*.log"):
         assert "fake-anthropic-key-not-real" not in log.read_text()
 
 
@@ -230,7 +290,62 @@ def test_auto_backend_falls_back_to_hf_without_vllm(tmp_path, done_run):
     cfg["models"]["tiny"]["backend"] = "auto"
     write_config(work, cfg)
     target = "results/tiny/generate/shard_000.parquet"
-    proc = snakemake(work, target, env={"PYTHONPATH": str(hide)})
+    # keep the caller's PYTHONPATH behind the hiding folder: it names the source tree under test
+    pythonpath = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH", "")) if p)
+    proc = snakemake(work, target, env={"PYTHONPATH": pythonpath})
     assert "run tiny: backend 'auto' generates with HF transformers: vLLM is not installed" in proc.stderr
     assert pq.read_schema(work / target).metadata[b"backend"] == b"hf"
     pd.testing.assert_frame_equal(pd.read_parquet(work / target), pd.read_parquet(done_run / target))
+
+
+def _shard_activations(res: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Keys, roles and activations (rows x layers x hidden, float64) of every extraction shard, read with pyarrow."""
+    keys: list[str] = []
+    roles: list[str] = []
+    acts = []
+    for shard in sorted((res / "extract").glob("shard_*.parquet")):
+        table = pq.read_table(shard)
+        layers = sorted(c for c in table.column_names if c.startswith("layer_"))
+        keys += table.column("key").to_pylist()
+        roles += table.column("role").to_pylist()
+        acts.append(np.stack([np.stack(table.column(c).to_numpy(zero_copy_only=False)) for c in layers], axis=1).astype(np.float64))
+    return keys, np.array(roles), np.concatenate(acts)
+
+
+def test_role_vectors_axis_and_floors_equal_a_numpy_recomputation_from_the_shards(done_run):
+    """Recomputed from the Parquet shards and scores with numpy alone (the formulas of docs/NOTES):
+    role vector = mean of the role's score-3 responses, default = mean of all default responses,
+    axis = default - mean(role vectors), floor at layer L for percentile p = the (1 - p) quantile of
+    every response's projection on the unit axis[L]."""
+    res = done_run / "results" / "tiny"
+    keys, roles, x = _shard_activations(res)
+    assert x.shape[1:] == (30, 576)
+    scores = pd.concat(pd.read_parquet(p) for p in sorted((res / "judge").glob("shard_*.parquet")))
+    score_of = dict(zip(scores["key"], scores["score"], strict=True))
+    in_role = np.array([score_of.get(k) == 3 for k in keys])
+    vectors = {"default": x[roles == "default"].mean(0)}
+    for role in TINY_ROLES[1:]:
+        rows = (roles == role) & in_role
+        if rows.sum() >= 1:  # role_vectors.min_count of the shared config
+            vectors[role] = x[rows].mean(0)
+    assert len(vectors) > 2, "too few roles kept for the comparison to mean anything"
+    stored = load_file(str(res / "role_vectors" / "role_vectors.safetensors"))
+    assert set(stored) == set(vectors)
+    for role, vec in vectors.items():
+        np.testing.assert_allclose(stored[role].double().numpy(), vec, rtol=1e-5, atol=1e-4 * np.abs(vec).max(), err_msg=role)
+    axis = vectors["default"] - np.mean([v for r, v in vectors.items() if r != "default"], axis=0)
+    np.testing.assert_allclose(load_axis(res / "axis" / "axis.safetensors").double().numpy(), axis, rtol=1e-5, atol=1e-4 * np.abs(axis).max())
+    unit = axis / np.linalg.norm(axis, axis=1, keepdims=True)
+    proj = np.einsum("nlh,lh->nl", x, unit)
+    experiments = {e.id: e for e in CappingConfig.load(res / "calibrate" / "capping.safetensors").experiments}
+    expected_ids = set()
+    for start, stop in ((10, 12), (14, 16)):
+        for p in (0.25, 0.5):
+            exp = experiments[f"layers_{start}:{stop}-p{p:g}"]
+            expected_ids.add(exp.id)
+            assert [c.layer for c in exp.caps] == list(range(start, stop))
+            for cap in exp.caps:
+                floor = np.quantile(proj[:, cap.layer], 1 - p)
+                assert cap.floor == pytest.approx(floor, rel=1e-5, abs=1e-5 * np.abs(proj[:, cap.layer]).max()), (exp.id, cap.layer)
+                np.testing.assert_allclose(cap.vector.double().numpy(), unit[cap.layer], atol=1e-6)
+    assert set(experiments) == expected_ids

@@ -42,17 +42,29 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
 
 
-def test_tiny_pipeline_runs_on_slurm(cluster: None, tmp_path: Path) -> None:
+PROFILE = REPO / "workflow" / "profiles" / "slurm"
+
+
+def test_tiny_pipeline_runs_on_slurm_through_the_shipped_profile(cluster: None, tmp_path: Path) -> None:
+    """The shipped profile, unchanged, runs the tiny pipeline; each SLURM job id Snakemake printed
+    (and no other job, e.g. the start script's smoke job) is looked up in sacct and COMPLETED."""
     write_config(tmp_path, tiny_config(shards=2, threads=1))
     target = "results/tiny/calibrate/capping_config.pt"
-    cmd = snakemake_slurm_cmd(tmp_path, [target, "--snakefile", str(REPO / "Snakefile")], timeout_s=900)
+    cmd = snakemake_slurm_cmd(tmp_path, [target, "--snakefile", str(REPO / "Snakefile"), "--profile", str(PROFILE), "--retries", "0"],
+                              timeout_s=900)
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     axis = torch.load(tmp_path / "results" / "tiny" / "axis" / "axis.pt", weights_only=True)["axis"]
     assert axis.shape == (30, 576)
     assert torch.load(tmp_path / target, weights_only=True)["experiments"]
-    states = _sacct(_submitted(proc.stdout + proc.stderr))
-    assert states and all(s["State"] == "COMPLETED" for s in states.values()), states
+    jobs = _submitted(log)
+    # every model job of both shards went to SLURM (retries 0: exactly one submission each)
+    assert sorted((j["rule"], j["run"]) for j in jobs.values()) == sorted(
+        (rule, "tiny") for rule in ("generate", "extract", "judge") for _ in range(2)), jobs
+    states = _sacct(jobs)
+    assert set(states) == set(jobs), (states, jobs)  # sacct knows every job id we submitted
+    assert all(s["State"] == "COMPLETED" for s in states.values()), states
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,7 +118,7 @@ def test_paper_shaped_config_runs_through_the_slurm_profile(cluster: None, tmp_p
     targets = ["results/gemma2-tiny/axis/axis.pt", "results/qwen3-tiny/calibrate/capping_config.pt",
                "results/llama3-tiny/calibrate/capping_config.pt"]
     cmd = snakemake_slurm_cmd(tmp_path, [*targets, "--snakefile", str(REPO / "Snakefile"), "--configfile", str(config_file),
-                                         "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
+                                         "--profile", str(PROFILE),
                                          "--retries", "0"], timeout_s=1500)  # every first attempt must succeed
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True)
     log = proc.stdout + proc.stderr

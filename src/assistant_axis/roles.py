@@ -152,6 +152,15 @@ def select_roles(roles_dir: str | os.PathLike[str], wanted: str | list[str]) -> 
     return list(wanted)
 
 
+def role_file(roles_dir: str | os.PathLike[str], name: str) -> str:
+    """The file that defines role ``name`` (in ``instructions/`` when the directory has one).
+
+    The workflow declares it as an input of the jobs that read it, so editing one role reruns the
+    jobs of that role's shard only; the path keeps ``roles_dir`` as given (relative stays relative).
+    """
+    return str(_instructions_dir(Path(roles_dir)) / f"{name}.json")
+
+
 def load_roles(roles_dir: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, Role]:
     """Load and validate roles (all, or ``names``); raises :class:`RoleSetError` on the first bad file."""
     roles_dir = Path(roles_dir)

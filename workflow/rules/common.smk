@@ -9,6 +9,7 @@ import sys
 from assistant_axis.models import SHARDED, resolve_backend
 from assistant_axis.pipeline.layout import ALL_RUNS, RunLayout, shard_names, shard_roles
 from assistant_axis.pipeline.plan import PlanError, data_files, format_plan, prepare
+from assistant_axis.roles import role_file
 
 def _shown(path):
     rel = os.path.relpath(path)
@@ -95,6 +96,11 @@ def resources_of(stage, key):
 
 def roles_of(shard):
     return shard_roles(ROLES, CFG["shards"])[int(shard)]
+
+
+def role_files(roles):
+    """Input paths of the role files that define ``roles`` (assistant_axis.roles.role_file)."""
+    return [role_file(CFG["roles_dir"], r) for r in roles]
 
 
 def shards_of(path):

@@ -1,7 +1,13 @@
 rule generate:
-    """One job per shard of roles: the model is loaded once; finished role groups are cached."""
+    """One job per shard of roles: the model is loaded once; finished role groups are cached.
+
+    The shard's role files and the questions file are inputs: an edit reruns the shards that read
+    it (the cache then regenerates only the role groups whose prompts changed); a touch without a
+    change reruns nothing (Snakemake compares the checksums of inputs under 1 MB)."""
     input:
         model=L.model_json,
+        roles=lambda w: role_files(roles_of(w.shard)),
+        questions=CFG["questions_file"],
     output:
         L.shard("generate"),
     params:

@@ -2,6 +2,8 @@ rule judge:
     """Role-adherence scores 0-3; every verdict is cached, so reruns never pay twice."""
     input:
         responses=L.shard("generate"),
+        # the rubrics (eval_prompt) of the shard's roles: an edited rubric re-scores that shard
+        roles=lambda w: role_files(roles_of(w.shard)),
     output:
         L.shard("judge"),
     params:
