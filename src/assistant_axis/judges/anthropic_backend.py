@@ -57,6 +57,7 @@ class AnthropicJudge(APIJudge):
 
     backend = "anthropic"
     key_env = "ANTHROPIC_API_KEY"
+    sdk = "anthropic"
 
     def __init__(self, model: str, cache: VerdictCache, cfg: Mapping[str, Any], state_path: Path):
         super().__init__(model, cache, cfg)
@@ -75,21 +76,6 @@ class AnthropicJudge(APIJudge):
             max_retries=0,  # one retry policy for every backend: APIJudge._with_retries
             timeout=self.timeout_s,
         )
-
-    def _transient_errors(self) -> tuple[type[BaseException], ...]:
-        import anthropic
-
-        return (anthropic.APIConnectionError,)  # includes APITimeoutError
-
-    def _status_errors(self) -> tuple[type[BaseException], ...]:
-        import anthropic
-
-        return (anthropic.APIStatusError,)
-
-    def _sdk_errors(self) -> tuple[type[BaseException], ...]:
-        import anthropic
-
-        return (anthropic.APIError,)
 
     def _params(self, prompt: str) -> dict[str, Any]:
         # No temperature: Claude 5.x models reject non-default sampling parameters with a 400.

@@ -13,6 +13,7 @@ cached as missing, so a rerun does not pay for it again.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import json
 import logging
@@ -238,17 +239,24 @@ class APIJudge(Judge):
         """Send one prompt; raise :class:`MalformedReplyError` if the body is not a usable reply."""
         raise NotImplementedError
 
+    # The official SDKs (``anthropic``, ``openai``) are generated alike and name their errors alike;
+    # a subclass names its SDK module in ``sdk`` and the three error families below follow.
+    sdk = ""
+
+    def _sdk_error(self, name: str) -> type[BaseException]:
+        return getattr(importlib.import_module(self.sdk), name)
+
     def _transient_errors(self) -> tuple[type[BaseException], ...]:
-        """SDK errors raised without an HTTP status: connection refused or reset, timeout, truncated body."""
-        raise NotImplementedError
+        """SDK errors raised without an HTTP status: connection refused or reset, timeout (``APITimeoutError`` is one)."""
+        return (self._sdk_error("APIConnectionError"),)
 
     def _status_errors(self) -> tuple[type[BaseException], ...]:
         """SDK errors that carry an HTTP status (``status_code``) and the response."""
-        raise NotImplementedError
+        return (self._sdk_error("APIStatusError"),)
 
     def _sdk_errors(self) -> tuple[type[BaseException], ...]:
         """The SDK's base error: anything else it raises fails that one item (not retried, not cached)."""
-        raise NotImplementedError
+        return (self._sdk_error("APIError"),)
 
     # -- shared machinery ----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ class OpenAIJudge(APIJudge):
 
     backend = "openai"
     key_env = "OPENAI_API_KEY"
+    sdk = "openai"
 
     def _make_client(self) -> Any:
         import openai
@@ -37,21 +38,6 @@ class OpenAIJudge(APIJudge):
             max_retries=0,  # one retry policy for every backend: APIJudge._with_retries
             timeout=self.timeout_s,
         )
-
-    def _transient_errors(self) -> tuple[type[BaseException], ...]:
-        import openai
-
-        return (openai.APIConnectionError,)  # includes APITimeoutError
-
-    def _status_errors(self) -> tuple[type[BaseException], ...]:
-        import openai
-
-        return (openai.APIStatusError,)
-
-    def _sdk_errors(self) -> tuple[type[BaseException], ...]:
-        import openai
-
-        return (openai.APIError,)
 
     def _complete(self, client: Any, prompt: str) -> Reply:
         raw = client.chat.completions.with_raw_response.create(
