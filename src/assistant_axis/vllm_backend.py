@@ -189,6 +189,10 @@ class VLLMEngine:
             kwargs.update(enforce_eager=True, enable_chunked_prefill=False)
             if in_process:
                 kwargs["distributed_executor_backend"] = "uni"
+                # vLLM-CPU sorts the whole vocabulary for top-p at every step; see vllm_sampling
+                from .vllm_sampling import install as install_fast_top_p
+
+                install_fast_top_p()
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if hooks:
