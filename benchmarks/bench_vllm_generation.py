@@ -10,7 +10,10 @@ on the same engine, alternated round by round in one process:
   HF-tokenizer rendering, per-request seeds, role groups of ``--group`` queued at once and collected
   as each finishes, replies decoded;
 * ``raw LLM.chat``: vLLM's own chat entry point on the same conversations and sampling settings
-  (its own rendering and detokenizing, no seeds).
+  (its own rendering and detokenizing, no seeds);
+* ``raw LLM.chat, vLLM's top-p``: the same with vLLM-CPU's own top-p filter (a sort of the whole
+  vocabulary per step) instead of :mod:`assistant_axis.vllm_sampling`, which the in-process CPU
+  engine installs: what plain vLLM gives on this machine.
 
 ``--hf`` adds HF ``generate`` (batches of 128, the old default) for scale. ``--multiprocess`` starts
 vLLM with its usual engine and worker processes instead of in this process, to compare start-up and
@@ -43,7 +46,7 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=128, help="samples per cached role group (config batch_size)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--kv-cache-gib", type=float, default=1)
+    parser.add_argument("--kv-cache-gib", type=float, default=0.25)
     parser.add_argument("--hf", action="store_true", help="also HF generate, batches of 128")
     parser.add_argument("--multiprocess", action="store_true", help="vLLM's engine and worker processes, not in-process")
     args = parser.parse_args()
@@ -81,11 +84,23 @@ def main() -> None:
         outs = llm.chat(convs, raw_params, use_tqdm=False)
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
-    ways = {"pipeline (generate stage)": pipeline, "raw LLM.chat": raw}
+    from vllm.v1.sample.ops import topk_topp_sampler
+
+    fast_top_p = topk_topp_sampler.apply_top_k_top_p
+    vllm_top_p = getattr(fast_top_p, "_assistant_axis_original", fast_top_p)
+
+    def raw_vllm_top_p() -> int:
+        topk_topp_sampler.apply_top_k_top_p = vllm_top_p
+        try:
+            return raw()
+        finally:
+            topk_topp_sampler.apply_top_k_top_p = fast_top_p
+
+    ways = {"pipeline (generate stage)": pipeline, "raw LLM.chat": raw, "raw LLM.chat, vLLM's top-p": raw_vllm_top_p}
     rates: dict[str, list[float]] = {k: [] for k in ways}
     order = list(ways)
     for r in range(args.rounds):
-        for way in order[r % 2:] + order[: r % 2]:
+        for way in order[r % len(order):] + order[: r % len(order)]:
             start = time.perf_counter()
             tokens = ways[way]()
             rates[way].append(tokens / (time.perf_counter() - start))

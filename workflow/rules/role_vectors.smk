@@ -3,6 +3,7 @@ localrules: role_vectors
 
 rule role_vectors:
     """Mean activation of each role's fully in-role responses, and of all default responses."""
+    priority: AXIS_PATH_PRIORITY
     input:
         activations=shards_of(L.shard("extract")),
         scores=shards_of(L.shard("judge")),
