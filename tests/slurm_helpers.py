@@ -53,7 +53,7 @@ def local_slurm_unavailable() -> str | None:
     return None
 
 
-def _slurm_answers() -> bool:
+def slurm_answers() -> bool:
     """True if slurmctld and slurmdbd both answer, i.e. a cluster is already up."""
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
@@ -77,7 +77,7 @@ def local_slurm(*, stop: bool | None = None, timeout_s: float = 900) -> Iterator
     Raises RuntimeError, with the script's output, if the start script fails or times out. Daemons
     it had already started are then stopped again, unless a cluster was up before the call.
     """
-    was_up = _slurm_answers()
+    was_up = slurm_answers()
     env = dict(os.environ)
     if was_up:
         env["AA_SLURM_SMOKE"] = "0"  # it already runs jobs; skip the start script's test job

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from pipeline_helpers import REPO, tiny_config, write_config
-from slurm_helpers import local_slurm, local_slurm_unavailable, snakemake_slurm_cmd
+from slurm_helpers import local_slurm, local_slurm_unavailable, slurm_answers, snakemake_slurm_cmd
 from tiny_models import build_tiny_model
 
 from assistant_axis.pipeline.plan import prepare
@@ -35,6 +35,12 @@ def cluster() -> Iterator[None]:
         pytest.fail(f"cannot start the local SLURM: {reason}")
     with local_slurm():
         yield
+    # A cluster this module stopped must not stay the machine's SLURM config: a stale
+    # /etc/slurm/slurm.conf makes every later Snakemake start wait ~10 s (the SLURM plugin's
+    # `scontrol show config` retries the absent controller).
+    if not slurm_answers():
+        conf = Path("/etc/slurm/slurm.conf")
+        assert not (conf.is_symlink() and "aa-slurm" in os.readlink(conf)), f"{conf} still links the stopped cluster"
 
 
 def _env() -> dict[str, str]:
