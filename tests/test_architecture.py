@@ -21,7 +21,7 @@ LAYERS = {
     0: {"storage", "datafiles", "plots", "batching", "layers", "roles", "traits", "uncertainty"},
     1: {"models", "conversation", "transcripts"},
     2: {"activations", "axis", "capping", "generation", "steering", "monitor", "evaluation", "judges",
-        "vllm_backend", "vllm_worker", "pca", "internals", "reference_vllm"},
+        "vllm_backend", "vllm_worker", "vllm_sampling", "pca", "internals", "reference_vllm"},
     3: {"pipeline"},
     4: {"cli", "serve"},
 }
