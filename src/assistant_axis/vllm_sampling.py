@@ -15,9 +15,10 @@ sort: a tie across the nucleus edge (bf16 logits tie often, and the sort orders 
 or an edge token whose cumulative mass is within rounding of ``p``. The result is therefore
 vLLM's own, bit for bit, at a fraction of the cost (about 10% of rows still take the sort).
 
-:func:`install` replaces the module-level function vLLM's CPU sampler calls, in this process only
-(the in-process CPU engine, or a worker that imports :mod:`assistant_axis.vllm_worker`). Requests
-with ``top_k`` set and non-CPU tensors keep vLLM's implementation.
+:func:`install` replaces the module-level function vLLM's CPU sampler calls, in this process only:
+:class:`assistant_axis.vllm_backend.VLLMEngine` calls it for its in-process CPU engine (the
+default on CPU; an engine in its own processes keeps vLLM's sort). Requests with ``top_k`` set
+and non-CPU tensors keep vLLM's implementation.
 """
 
 from __future__ import annotations
