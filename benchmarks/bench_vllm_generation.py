@@ -86,8 +86,9 @@ def main() -> None:
 
     from vllm.v1.sample.ops import topk_topp_sampler
 
-    fast_top_p = topk_topp_sampler.apply_top_k_top_p
-    vllm_top_p = getattr(fast_top_p, "_assistant_axis_original", fast_top_p)
+    from assistant_axis.vllm_sampling import vllm_top_p as vllms_own
+
+    fast_top_p, vllm_top_p = topk_topp_sampler.apply_top_k_top_p, vllms_own()
 
     def raw_vllm_top_p() -> int:
         topk_topp_sampler.apply_top_k_top_p = vllm_top_p

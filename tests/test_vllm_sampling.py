@@ -66,7 +66,7 @@ def test_rows_settled_without_the_sort():
 
 
 def test_install_routes_top_p_only_and_is_idempotent(monkeypatch):
-    original = sampler.apply_top_k_top_p
+    original = vllm_sampling.vllm_top_p()  # an engine started earlier in this process may have installed it
     monkeypatch.setattr(sampler, "apply_top_k_top_p", original)
     assert vllm_sampling.install() and vllm_sampling.install()
     patched = sampler.apply_top_k_top_p

@@ -88,6 +88,14 @@ def _fast_top_k_top_p(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Ten
     return nucleus_filter(logits, p, original)
 
 
+def vllm_top_p() -> TopKTopP:
+    """vLLM's own top-k/top-p filter, whether or not :func:`install` has replaced it (for comparisons)."""
+    from vllm.v1.sample.ops import topk_topp_sampler as sampler
+
+    current = sampler.apply_top_k_top_p
+    return getattr(_fast_top_k_top_p, _ORIGINAL_ATTR) if current is _fast_top_k_top_p else current
+
+
 def install() -> bool:
     """Route vLLM's CPU top-p filtering through :func:`nucleus_filter` in this process.
 
